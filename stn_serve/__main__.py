@@ -1,0 +1,3 @@
+from stn_serve.cli import main
+
+raise SystemExit(main())

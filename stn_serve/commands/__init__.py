@@ -1,0 +1,1 @@
+"""One module per `stn-serve` sub-command; see `stn_serve.cli`."""
