@@ -13,7 +13,7 @@ import logging
 import sys
 
 # Order is the order shown in `stn-serve --help`.
-COMMANDS = ["bench"]
+COMMANDS = ["train", "visualize", "export", "serve", "predict", "batch", "bench", "demo"]
 
 
 def common_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import argparse
 import importlib
 
 # Order is the order shown in `stn-serve bench --help`.
-BENCHMARKS = []
+BENCHMARKS = ["layer", "accuracy", "export", "serve"]
 
 
 def add_parser(subparsers, parents):

@@ -1,0 +1,213 @@
+"""`stn-serve bench layer`: the custom spatial-transformer layer against torch's native ops.
+
+For each case (N, C, H_in x W_in -> H_out x W_out) it times `affine_grid` + `grid_sample` from
+`stn_serve.ops` and from `torch.nn.functional` on the same tensors, forward alone and forward +
+backward (gradients to the input and to theta), and prints the median milliseconds and the ratio
+custom / native. The implementations take turns in rounds: in each round, each runs its untimed
+warm-up calls and then its timed calls, so that load from other processes falls on both alike
+while neither runs right after the other's allocations. Before timing, it checks that both give
+the same output and gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+
+from stn_serve.errors import InvalidInputError
+
+HELP = "time the custom affine_grid + grid_sample, forward and backward, against torch's own"
+
+TARGET_FORWARD_BACKWARD_RATIO = 1.5
+
+DEFAULT_CASES = ["256x1x42x42:28x28", "64x32x56x56:56x56"]
+
+_CASE = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+):(\d+)x(\d+)$")
+
+
+def parse_case(text: str) -> tuple[int, int, int, int, int, int]:
+    """(N, C, H_in, W_in, H_out, W_out) from "NxCxHxW:hxw", e.g. "256x1x42x42:28x28"."""
+    match = _CASE.match(text.strip())
+    if not match or min(int(v) for v in match.groups()) < 1:
+        raise argparse.ArgumentTypeError(
+            f"case must be NxCxHxW:hxw with positive integers, e.g. 256x1x42x42:28x28, got {text!r}"
+        )
+    return tuple(int(v) for v in match.groups())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cases",
+        type=parse_case,
+        nargs="+",
+        default=[parse_case(c) for c in DEFAULT_CASES],
+        metavar="NxCxHxW:hxw",
+        help="input and output sizes to time (default: " + " ".join(DEFAULT_CASES) + ")",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed calls per implementation, pass and round"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of turns between the implementations"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed calls before each implementation's turn"
+    )
+    parser.add_argument(
+        "--padding-mode",
+        choices=["zeros", "border", "reflection"],
+        default="zeros",
+        help="grid_sample padding mode",
+    )
+    parser.add_argument("--align-corners", action="store_true", help="use align_corners=True")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random inputs and transforms"
+    )
+
+
+def _layers(padding_mode: str, align_corners: bool):
+    """The two implementations of the layer: (name, function(input, theta, out_size))."""
+    import torch.nn.functional as F
+
+    from stn_serve import ops
+
+    def native(input, theta, size):
+        grid = F.affine_grid(theta, size, align_corners=align_corners)
+        return F.grid_sample(
+            input, grid, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners
+        )
+
+    def custom(input, theta, size):
+        return ops.grid_sample(
+            input, ops.affine_grid(theta, size, align_corners), padding_mode, align_corners
+        )
+
+    return [("native", native), ("custom", custom)]
+
+
+def _passes(layer, input, theta, size, grad_output):
+    """The two timed passes of one implementation: forward, and forward + backward."""
+    import torch
+
+    def forward():
+        with torch.no_grad():
+            layer(input, theta, size)
+
+    def forward_backward():
+        output = layer(input, theta, size)
+        torch.autograd.grad(output, (input, theta), grad_output)
+
+    return {"forward": forward, "forward+backward": forward_backward}
+
+
+def _max_difference(layers, input, theta, size, grad_output) -> float:
+    """The largest difference between the implementations' output, input gradient and theta
+    gradient, each relative to the largest magnitude of the native one."""
+    import torch
+
+    results = []
+    for _, layer in layers:
+        output = layer(input, theta, size)
+        results.append((output, *torch.autograd.grad(output, (input, theta), grad_output)))
+    return max(
+        ((custom - native).abs().max() / native.abs().max()).item()
+        for native, custom in zip(*results)
+    )
+
+
+def measure(
+    case, rounds: int, repeats: int, warmup: int, padding_mode: str, align_corners: bool, seed: int
+):
+    """{pass: {implementation: median seconds}} for one case, and the largest difference between
+    the implementations' outputs and gradients."""
+    import torch
+
+    batch, channels, height, width, out_height, out_width = case
+    generator = torch.Generator().manual_seed(seed)
+    input = torch.rand(batch, channels, height, width, generator=generator).requires_grad_()
+    # Random transforms around a zoom-in, as a spatial transformer produces them: most points
+    # fall inside the input and some outside.
+    theta = torch.tensor([[0.8, 0.0, 0.0], [0.0, 0.8, 0.0]]) + 0.15 * torch.randn(
+        batch, 2, 3, generator=generator
+    )
+    theta.requires_grad_()
+    size = [batch, channels, out_height, out_width]
+    grad_output = torch.randn(batch, channels, out_height, out_width, generator=generator)
+    layers = _layers(padding_mode, align_corners)
+    difference = _max_difference(layers, input, theta, size, grad_output)
+    timings = {}
+    for pass_name in ("forward", "forward+backward"):
+        calls = {
+            name: _passes(layer, input, theta, size, grad_output)[pass_name]
+            for name, layer in layers
+        }
+        samples = {name: [] for name in calls}
+        for _ in range(rounds):
+            for name, call in calls.items():
+                for _ in range(warmup):
+                    call()
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    call()
+                    samples[name].append(time.perf_counter() - start)
+        timings[pass_name] = {name: statistics.median(values) for name, values in samples.items()}
+    return timings, difference
+
+
+def run(args) -> int:
+    import torch
+
+    if args.repeats < 1 or args.rounds < 1 or args.warmup < 0:
+        raise InvalidInputError(
+            "--repeats and --rounds must be >= 1 and --warmup >= 0, got "
+            f"{args.repeats}, {args.rounds} and {args.warmup}"
+        )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"stn-serve bench layer: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"padding_mode={args.padding_mode}, align_corners={args.align_corners}, "
+        f"median of {args.rounds} x {args.repeats} calls"
+    )
+    header = (
+        f"{'case (N C HxW -> hxw)':<26} {'pass':<17} {'native ms':>10} {'custom ms':>10} "
+        f"{'ratio':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    worst = 0.0
+    for case in args.cases:
+        timings, difference = measure(
+            case,
+            args.rounds,
+            args.repeats,
+            args.warmup,
+            args.padding_mode,
+            args.align_corners,
+            args.seed,
+        )
+        batch, channels, height, width, out_height, out_width = case
+        label = f"{batch} {channels} {height}x{width} -> {out_height}x{out_width}"
+        for pass_name, medians in timings.items():
+            ratio = medians["custom"] / medians["native"]
+            if pass_name == "forward+backward":
+                worst = max(worst, ratio)
+            print(
+                f"{label:<26} {pass_name:<17} {medians['native'] * 1e3:>10.3f} "
+                f"{medians['custom'] * 1e3:>10.3f} {ratio:>6.2f}x"
+            )
+        print(
+            f"{label:<26} largest |custom - native| / max |native| (output, gradients): "
+            f"{difference:.1e}"
+        )
+    verdict = "meets" if worst <= TARGET_FORWARD_BACKWARD_RATIO else "misses"
+    print(
+        f"worst forward+backward ratio {worst:.2f}x {verdict} the target of "
+        f"{TARGET_FORWARD_BACKWARD_RATIO}x"
+    )
+    return 0

@@ -1,0 +1,45 @@
+"""Channel settings: message size limits, client-side load balancing and retries."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+DEFAULT_MAX_MESSAGE_MB = 64
+
+# round_robin keeps a sub-channel to every address the resolver returns, so a `dns:///` target
+# naming a headless Service spreads requests over all pods instead of pinning one HTTP/2
+# connection to one pod. Predictions are idempotent, so UNAVAILABLE (a pod going away during a
+# rollout) is retried on another address.
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": "stn.v1.StnService"}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+
+
+def channel_options(max_message_mb: float = DEFAULT_MAX_MESSAGE_MB) -> list[tuple[str, object]]:
+    """gRPC channel arguments for a client of the stn-serve server."""
+    limit = int(max_message_mb * 1024 * 1024)
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        ("grpc.enable_retries", 1),
+    ]
+
+
+def open_channel(target: str, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB) -> grpc.Channel:
+    """An insecure channel to `target` (`host:port` or `dns:///host:port`)."""
+    return grpc.insecure_channel(target, options=channel_options(max_message_mb))

@@ -1,0 +1,42 @@
+"""`stn-serve demo`: train → export → serve → query on the embedded digits (see `stn_serve.demo`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers, parents):
+    parser = subparsers.add_parser(
+        "demo",
+        parents=parents,
+        help="train, export, serve and query a model on the embedded digits, end to end",
+        description="Train a small ST-CNN on RTS-distorted digits, export it to the model "
+        "repository, serve it over gRPC, query it with the project's client and tritonclient, "
+        "draw the inputs beside the served crops, and stop the server.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run's files")
+    parser.add_argument(
+        "--repository", type=Path, default=Path("export"), help="model repository to export into"
+    )
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds' version for tests: 1 epoch on 256 training images",
+    )
+    return parser
+
+
+def run(args) -> int:
+    from stn_serve.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(out_dir=args.out, repository=args.repository, epochs=args.epochs)
+    if args.quick:
+        settings = DemoSettings(
+            out_dir=args.out, repository=args.repository, epochs=1, max_train_samples=256,
+            progress=False,
+        )
+    run_demo(settings)
+    return 0

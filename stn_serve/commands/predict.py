@@ -1,0 +1,115 @@
+"""`stn-serve predict`: ask a running server about some images and print the top-k classes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_SERVER = "localhost:8001"
+REQUEST_IMAGES = (
+    32  # images per Predict request, so a long argument list stays under the message limit
+)
+
+
+def client_options() -> argparse.ArgumentParser:
+    """Flags for talking to a model, shared by `predict` and `batch`."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--model", type=str, default="", help="model name (empty: the only model the server holds)"
+    )
+    parser.add_argument("--version", type=int, default=0, help="model version (0: the newest)")
+    parser.add_argument("--top-k", type=int, default=5, help="classes to report per image")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="deadline in seconds for each request"
+    )
+    parser.add_argument(
+        "--max-message-mb", type=float, default=64.0, help="largest gRPC message sent or received"
+    )
+    return parser
+
+
+def add_parser(subparsers, parents):
+    parser = subparsers.add_parser(
+        "predict",
+        parents=[*parents, client_options()],
+        help="predict images on a running server and print the top-k classes",
+        description="Send images to a running stn-serve server and print each one's top-k "
+        "classes and transform parameters.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files to predict")
+    parser.add_argument(
+        "--server",
+        type=str,
+        default=DEFAULT_SERVER,
+        help="server address: HOST:PORT, or dns:///HOST:PORT to balance over every address",
+    )
+    parser.add_argument(
+        "--save-crops",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also save each image's crop (what the spatial transformer produced) as a PNG here",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object per image instead of a table"
+    )
+    return parser
+
+
+def format_prediction(image: str, prediction) -> str:
+    lines = [f"{image}  ({prediction.model} v{prediction.version})"]
+    width = max(len(score.label) for score in prediction.top_k)
+    for rank, score in enumerate(prediction.top_k, start=1):
+        lines.append(f"  {rank}. {score.label:<{width}}  {score.probability:.4f}")
+    if prediction.theta.size:
+        lines.append("  theta: " + " ".join(f"{t:+.3f}" for t in prediction.theta))
+    return "\n".join(lines)
+
+
+def remote_predictor(args):
+    """A RemotePredictor on `args.server` with the `client_options` flags."""
+    from stn_serve.batch.predictors import RemotePredictor
+    from stn_serve.client import Client
+
+    client = Client(
+        args.server,
+        model=args.model,
+        version=args.version,
+        timeout=args.timeout,
+        max_message_mb=args.max_message_mb,
+    )
+    return RemotePredictor(client, args.top_k)
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    from stn_serve.batch.crops import crop_name, save_crop
+    from stn_serve.batch.inputs import InputFile
+    from stn_serve.batch.runner import predict_chunk, prediction_record
+
+    failures = []
+    with remote_predictor(args) as predictor:
+        for start in range(0, len(args.images), REQUEST_IMAGES):
+            chunk = [
+                InputFile(image, Path(image))
+                for image in args.images[start : start + REQUEST_IMAGES]
+            ]
+            results, failed = predict_chunk(chunk, predictor)
+            failures += failed
+            for file, prediction in results:
+                crop = None
+                if args.save_crops is not None:
+                    crop = args.save_crops / crop_name(file.path.name)
+                    save_crop(prediction.crop, crop)
+                if args.json:
+                    print(json.dumps(prediction_record(file.key, prediction, crop and str(crop))))
+                else:
+                    print(format_prediction(file.key, prediction))
+                    if crop:
+                        print(f"  crop: {crop}")
+    for failure in failures:
+        print(f"error: {failure.file}: {failure.error}", file=sys.stderr)
+    return 1 if failures else 0

@@ -1,0 +1,132 @@
+"""`stn-serve serve`: serve a model repository over gRPC (stn.v1, Open Inference Protocol, health,
+reflection) with Prometheus metrics. Runs with torch absent."""
+
+from __future__ import annotations
+
+import argparse
+
+from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS
+from stn_serve.runtime.providers import DEVICES
+
+
+def add_parser(subparsers, parents):
+    parser = subparsers.add_parser(
+        "serve",
+        parents=parents,
+        help="serve a model repository over gRPC",
+        description="Serve every model in a model repository over gRPC until SIGTERM/SIGINT.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--repository",
+        default="export",
+        help="model repository: <name>/<version>/model.onnx + model.json",
+    )
+    add("--host", default="0.0.0.0", help="address the gRPC server binds")
+    add("--port", type=int, default=8001, help="gRPC port; 0 picks a free one (logged)")
+    add(
+        "--metrics-port",
+        type=int,
+        default=8002,
+        help="Prometheus /metrics port on the same host; 0 picks a free one, -1 turns it off",
+    )
+    add(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="auto: CUDA where it loads, else CPU; cuda: fail at start-up without CUDA; cpu",
+    )
+    add(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads within an op; 0 = its default",
+    )
+    add(
+        "--inter-op-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads across ops; 0 = its default",
+    )
+    add(
+        "--graph-optimization",
+        default="all",
+        choices=GRAPH_OPTIMIZATIONS,
+        help="ONNX Runtime graph optimisation level",
+    )
+    add(
+        "--spinning",
+        action="store_true",
+        help="let ONNX Runtime's threads spin-wait between runs (less latency under steady load, "
+        "but each keeps a core busy while idle)",
+    )
+    add(
+        "--workers",
+        type=int,
+        default=32,
+        help="gRPC handler threads (each in-flight request holds one)",
+    )
+    add(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="most images merged into one ONNX Runtime run; 1 turns dynamic batching off",
+    )
+    add(
+        "--max-queue-delay-us",
+        type=int,
+        default=2000,
+        help="how long the first request of a batch waits for others, in microseconds",
+    )
+    add(
+        "--max-queue-size",
+        type=int,
+        default=128,
+        help="requests waiting per model version before RESOURCE_EXHAUSTED",
+    )
+    add(
+        "--max-images-per-request",
+        type=int,
+        default=64,
+        help="more images in one request is refused",
+    )
+    add(
+        "--max-message-mb",
+        type=float,
+        default=16.0,
+        help="largest request message accepted, in MiB",
+    )
+    add(
+        "--grace-s",
+        type=float,
+        default=10.0,
+        help="on SIGTERM/SIGINT, seconds in-flight requests get to finish",
+    )
+    return parser
+
+
+def run(args) -> int:
+    from stn_serve.runtime import RuntimeOptions
+    from stn_serve.server import ServerOptions, serve
+
+    options = ServerOptions(
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        max_queue_size=args.max_queue_size,
+        max_images_per_request=args.max_images_per_request,
+        max_message_mb=args.max_message_mb,
+        workers=args.workers,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_host=args.host,
+    )
+    runtime_options = RuntimeOptions(
+        device=args.device,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
+        graph_optimization=args.graph_optimization,
+        spinning=args.spinning,
+    )
+    return serve(
+        args.repository, f"{args.host}:{args.port}", options, runtime_options, args.grace_s
+    )

@@ -1,0 +1,195 @@
+"""The end-to-end demo: train → export → serve → query, on the embedded digits.
+
+1. Train a small ST-CNN (affine) on RTS-distorted digits (scikit-learn's, no download).
+2. Export the best checkpoint to the model repository, verified against torch.
+3. Start the gRPC server on 127.0.0.1 (a free port) over that repository.
+4. Query it with stn-serve's client (own API) and with Triton's `tritonclient` (Open Inference
+   Protocol), and check that both answer the same.
+5. Draw the queried inputs beside the crops the server returned, with its predictions.
+6. Stop the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "digits"
+QUERIED_IMAGES = 16
+#: The test images the demo queries are distorted with this seed, so every run shows the same ones.
+QUERY_SEED = 1234
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """out_dir: where the run's files go (training run, picture).
+    repository: the model repository the model is exported into.
+    epochs, max_train_samples: how much to train (the defaults take about a minute on 2 cores).
+    """
+
+    out_dir: Path = Path("runs/demo")
+    repository: Path = Path("export")
+    epochs: int = 8
+    max_train_samples: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class DemoResult:
+    test_accuracy: float
+    checkpoint: Path
+    model_dir: Path
+    picture: Path
+    plots: list[Path]
+    served_accuracy: float
+    max_protocol_difference: float
+    artefacts: dict[str, Path] = field(default_factory=dict)
+
+
+def query_images(input_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """RTS-distorted digits test images the model has not seen: (float32[N, C, H, W], labels[N], classes)."""
+    from stn_serve.data import distort, load_split
+
+    split = load_split("digits", "test")
+    images = distort(split.images[:QUERIED_IMAGES], "RTS", seed=QUERY_SEED)
+    if tuple(images.shape[1:]) != tuple(input_shape):
+        raise RuntimeError(f"demo images are {list(images.shape[1:])}, the model takes {list(input_shape)}")
+    return images.numpy(), split.labels[:QUERIED_IMAGES].numpy(), split.classes
+
+
+def query_with_tritonclient(port: int, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Run `images` through the Open Inference Protocol endpoint with Triton's own client."""
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        if not client.is_server_ready():
+            raise RuntimeError("the server says it is not ready over the Open Inference Protocol")
+        infer_input = triton.InferInput("image", list(images.shape), "FP32")
+        infer_input.set_data_from_numpy(images)
+        outputs = [triton.InferRequestedOutput(name) for name in ("probabilities", "crop", "theta")]
+        result = client.infer(MODEL_NAME, [infer_input], outputs=outputs)
+        return {name: result.as_numpy(name) for name in ("probabilities", "crop", "theta")}
+    finally:
+        client.close()
+
+
+def draw(images: np.ndarray, predictions, labels: np.ndarray, classes: list[str], path: Path) -> Path:
+    """A grid of input | crop pairs titled with the served prediction (green right, red wrong)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    columns = 4
+    rows = int(np.ceil(len(images) / columns))
+    figure, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 1.3, rows * 1.6))
+    for axis in axes.flat:
+        axis.axis("off")
+    for i, (image, prediction, label) in enumerate(zip(images, predictions, labels)):
+        row, column = divmod(i, columns)
+        left, right = axes[row, 2 * column], axes[row, 2 * column + 1]
+        left.imshow(image[0], cmap="gray", vmin=0, vmax=1)
+        right.imshow(prediction.crop[0], cmap="gray", vmin=0, vmax=1)
+        best = prediction.top_k[0]
+        colour = "green" if best.label == classes[label] else "red"
+        left.set_title(f"input ({classes[label]})", fontsize=8)
+        right.set_title(f"crop → {best.label} {best.probability:.0%}", fontsize=8, color=colour)
+    figure.suptitle("served predictions: RTS-distorted inputs and the spatial transformer's crops")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def run_demo(settings: DemoSettings) -> DemoResult:
+    from stn_serve.client import Client
+    from stn_serve.export import export_checkpoint
+    from stn_serve.server import create_server
+    from stn_serve.train import TrainConfig, fit
+
+    started = time.perf_counter()
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+
+    print(f"[1/5] training an ST-CNN (affine) on RTS-distorted digits for {settings.epochs} epochs")
+    trained = fit(
+        TrainConfig(
+            data="digits",
+            distortion="RTS",
+            arch="stcnn",
+            transform="affine",
+            epochs=settings.epochs,
+            max_train_samples=settings.max_train_samples,
+            out_dir=str(settings.out_dir / "train"),
+            progress=settings.progress,
+        )
+    )
+    test_accuracy = trained.metrics["test_accuracy"]
+    print(f"      test accuracy {test_accuracy:.1%}")
+
+    print("[2/5] exporting the best checkpoint to ONNX, verified against torch")
+    model_dir = export_checkpoint(trained.best_checkpoint, settings.repository, MODEL_NAME)
+
+    print("[3/5] starting the gRPC server on 127.0.0.1")
+    server, port = create_server(settings.repository, "127.0.0.1:0")
+    server.start()
+    try:
+        print(f"[4/5] querying 127.0.0.1:{port} with stn-serve's client and with tritonclient")
+        with Client(f"127.0.0.1:{port}", model=MODEL_NAME) as client:
+            client.wait_ready()
+            info = client.describe()
+            images, labels, classes = query_images(tuple(info.input_shape))
+            predictions = client.predict(images, top_k=3)
+        triton = query_with_tritonclient(port, images)
+    finally:
+        server.stop(grace=1.0)
+        print("      server stopped")
+
+    own_probabilities = np.stack(
+        [[score.probability for score in sorted(p.top_k, key=lambda s: s.index)] for p in predictions]
+    )
+    top_indices = [sorted(score.index for score in p.top_k) for p in predictions]
+    triton_probabilities = np.stack(
+        [row[indices] for row, indices in zip(triton["probabilities"], top_indices)]
+    )
+    difference = max(
+        float(np.abs(own_probabilities - triton_probabilities).max()),
+        float(np.abs(np.stack([p.crop for p in predictions]) - triton["crop"]).max()),
+    )
+    served_accuracy = float(
+        np.mean([p.top_k[0].label == classes[label] for p, label in zip(predictions, labels)])
+    )
+
+    print("[5/5] drawing inputs beside the served crops")
+    picture = draw(images, predictions, labels, classes, settings.out_dir / "served_predictions.png")
+
+    artefacts = {
+        "checkpoint": trained.best_checkpoint,
+        "metrics": trained.out_dir / "metrics.jsonl",
+        **{f"plot {path.stem}": path for path in trained.plots},
+        "onnx model": model_dir / "model.onnx",
+        "model description": model_dir / "model.json",
+        "served predictions": picture,
+    }
+    print()
+    print(f"served on {info.execution_provider}: {served_accuracy:.0%} of {len(images)} queried "
+          f"images right; own API vs Open Inference Protocol differ by at most {difference:.1e}")
+    for name, path in artefacts.items():
+        print(f"  {name:<20} {path}")
+    print(f"done in {time.perf_counter() - started:.0f} s")
+    return DemoResult(
+        test_accuracy=test_accuracy,
+        checkpoint=trained.best_checkpoint,
+        model_dir=model_dir,
+        picture=picture,
+        plots=list(trained.plots),
+        served_accuracy=served_accuracy,
+        max_protocol_difference=difference,
+        artefacts=artefacts,
+    )

@@ -1,0 +1,106 @@
+"""Images in requests -> float32 arrays the model takes, and crops -> PNG. Every check happens here,
+before a request joins a batch, and every error names the image and what was expected."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from stn_serve.errors import InvalidInputError, ResourceExhaustedError
+
+# Decoding a larger picture could take the server's memory; no use case needs one.
+MAX_ENCODED_PIXELS = 40_000_000
+ENCODED_FORMATS = ("PNG", "JPEG")
+PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def check_count(count: int, limit: int, what: str = "images") -> None:
+    if count == 0:
+        raise InvalidInputError(f"the request holds no {what}; send at least one")
+    if count > limit:
+        raise ResourceExhaustedError(
+            f"the request holds {count} {what}, more than the limit of {limit} "
+            "(--max-images-per-request); split it"
+        )
+
+
+def check_pixels(array: np.ndarray, what: str) -> np.ndarray:
+    """float32 values must be finite and in [0, 1]."""
+    if not np.isfinite(array).all():
+        raise InvalidInputError(
+            f"{what} holds NaN or infinite values; expected finite values in [0, 1]"
+        )
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        raise InvalidInputError(
+            f"{what} has values in [{low:g}, {high:g}]; expected values in [0, 1]"
+        )
+    return array
+
+
+def decode_encoded(data: bytes, shape: tuple[int, int, int], what: str) -> np.ndarray:
+    """PNG or JPEG bytes of any size -> float32[C, H, W] in [0, 1], converted to C channels and
+    resized to H x W."""
+    channels, height, width = shape
+    if channels not in PIL_MODES:
+        raise InvalidInputError(
+            f"{what}: encoded images cannot feed a model with {channels} channels"
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in ENCODED_FORMATS:
+                raise InvalidInputError(
+                    f"{what} is {image.format}; expected one of {list(ENCODED_FORMATS)}"
+                )
+            if image.width * image.height > MAX_ENCODED_PIXELS:
+                raise InvalidInputError(
+                    f"{what} is {image.width}x{image.height}; expected at most {MAX_ENCODED_PIXELS} pixels"
+                )
+            image = image.convert(PIL_MODES[channels]).resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+    except UnidentifiedImageError as error:
+        raise InvalidInputError(
+            f"{what} ({len(data)} bytes) is not an image Pillow can read; expected PNG or JPEG bytes"
+        ) from error
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise InvalidInputError(f"{what} cannot be decoded as PNG or JPEG: {error}") from error
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    return pixels.reshape(height, width, channels).transpose(2, 0, 1)
+
+
+def decode_raw(
+    data: bytes, dims: list[int], dtype: str, shape: tuple[int, int, int], what: str
+) -> np.ndarray:
+    """A raw tensor ([C, H, W], or [H, W] for one channel; dtype "uint8" or "float32", little-endian
+    C order) -> float32[C, H, W] in [0, 1]."""
+    channels, height, width = shape
+    accepted = [[channels, height, width]] + ([[height, width]] if channels == 1 else [])
+    if list(dims) not in accepted:
+        raise InvalidInputError(
+            f"{what} has shape {list(dims)}; expected {' or '.join(map(str, accepted))}"
+        )
+    numpy_dtype = {"uint8": np.dtype("u1"), "float32": np.dtype("<f4")}.get(dtype)
+    if numpy_dtype is None:
+        raise InvalidInputError(f"{what} has dtype {dtype}; expected uint8 or float32")
+    expected_bytes = int(np.prod(dims)) * numpy_dtype.itemsize
+    if len(data) != expected_bytes:
+        raise InvalidInputError(
+            f"{what} has {len(data)} bytes; shape {list(dims)} of {dtype} needs {expected_bytes}"
+        )
+    array = np.frombuffer(data, numpy_dtype).reshape(shape)
+    if dtype == "uint8":
+        return array.astype(np.float32) / 255.0
+    return check_pixels(array.astype(np.float32), what)
+
+
+def encode_png(crop: np.ndarray) -> bytes:
+    """float32[C, h, w] in [0, 1] (C in 1, 3, 4) -> PNG bytes."""
+    pixels = np.clip(np.rint(crop * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    if pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()

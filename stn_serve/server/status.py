@@ -1,0 +1,71 @@
+"""The one place where errors become gRPC status codes, and where every RPC is counted and timed."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import grpc
+
+from stn_serve.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    NotFoundError,
+    NotReadyError,
+    ResourceExhaustedError,
+)
+from stn_serve.server.batching import RequestCancelledError
+
+log = logging.getLogger(__name__)
+
+CODES = (
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (RequestCancelledError, grpc.StatusCode.CANCELLED),
+)
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-facing message for an error raised while answering."""
+    for error_type, code in CODES:
+        if isinstance(error, error_type):
+            return code, str(error)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+class Call:
+    """What `answering` records about one RPC (or one message of a stream): when it arrived, and
+    the model, which the handler sets once it knows it."""
+
+    def __init__(self):
+        self.model = ""
+        self.start = time.perf_counter()
+
+
+@contextlib.contextmanager
+def answering(context, metrics, method: str, call: Call | None = None):
+    """Answer one RPC (or one message of a stream): abort with the mapped status on error, and
+    count it and time it by method, model and code. Only known model names become metric labels,
+    so clients cannot grow the label set."""
+    call = call or Call()
+    code = grpc.StatusCode.OK
+    try:
+        yield call
+    except Exception as error:
+        code, message = status_of(error)
+        if code == grpc.StatusCode.INTERNAL:
+            log.exception("unexpected error", extra={"method": method, "model": call.model})
+        else:
+            log.info(
+                "request refused",
+                extra={"method": method, "model": call.model, "code": code.name, "reason": message},
+            )
+        context.abort(code, message)
+    finally:
+        metrics.requests.labels(method, call.model, code.name).inc()
+        metrics.latency.labels(method, call.model).observe(time.perf_counter() - call.start)

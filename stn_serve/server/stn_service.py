@@ -1,0 +1,185 @@
+"""`stn.v1.StnService`: converts between stn.v1 messages and arrays; the runtime does the rest."""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+
+import grpc
+import numpy as np
+
+from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
+from stn_serve.errors import InvalidInputError
+from stn_serve.server.images import check_count, decode_encoded, decode_raw, encode_png
+from stn_serve.server.status import Call, answering
+
+DEFAULT_TOP_K = 5
+# Requests of one stream that may be started (decoded, queued) ahead of the response being sent.
+STREAM_WINDOW = 64
+DTYPES = {stn_pb2.DATA_TYPE_UINT8: "uint8", stn_pb2.DATA_TYPE_FLOAT32: "float32"}
+
+
+def image_array(image: stn_pb2.Image, shape: tuple[int, int, int], index: int) -> np.ndarray:
+    what = f"images[{index}]"
+    source = image.WhichOneof("source")
+    if source == "encoded":
+        return decode_encoded(image.encoded, shape, what)
+    if source == "tensor":
+        tensor = image.tensor
+        if tensor.dtype not in DTYPES:
+            raise InvalidInputError(
+                f"{what} has dtype {tensor.dtype}; expected DATA_TYPE_UINT8 or DATA_TYPE_FLOAT32"
+            )
+        dtype = DTYPES[tensor.dtype]
+        return decode_raw(tensor.data, list(tensor.shape), dtype, shape, what)
+    raise InvalidInputError(f"{what} is empty; set encoded (PNG/JPEG bytes) or tensor")
+
+
+def describe(model, versions: list[int]) -> stn_pb2.ModelDescription:
+    spec = model.spec
+    return stn_pb2.ModelDescription(
+        name=spec.name,
+        version=spec.version,
+        versions=versions,
+        labels=spec.labels,
+        input_shape=spec.input_shape,
+        crop_shape=spec.crop_shape,
+        transform=spec.transform,
+        num_params=spec.num_params,
+        execution_provider=model.provider or "",
+        ready=model.ready,
+    )
+
+
+def _reraise(error: Exception):
+    raise error
+
+
+# How often a stream's threads look whether the RPC has ended while they wait on each other.
+POLL_S = 0.1
+
+
+def _put_while_active(items: queue.Queue, item, context) -> bool:
+    """Put `item` unless the RPC ends first (then nobody would take it); returns whether it was put."""
+    while context.is_active():
+        try:
+            items.put(item, timeout=POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _take_while_active(items: queue.Queue, context):
+    """The next item, or None once the RPC has ended (the reader may never put another)."""
+    while context.is_active():
+        try:
+            return items.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+    return None
+
+
+def response_for(
+    request, model, top_k: int, outputs: dict[str, np.ndarray]
+) -> stn_pb2.PredictResponse:
+    response = stn_pb2.PredictResponse(
+        model=model.name, version=model.version, request_id=request.request_id
+    )
+    for probabilities, crop, theta in zip(
+        outputs["probabilities"], outputs["crop"], outputs["theta"]
+    ):
+        prediction = response.predictions.add(theta=theta.tolist())
+        for index in np.argsort(-probabilities, kind="stable")[:top_k]:
+            prediction.top_k.add(
+                index=int(index),
+                label=model.spec.labels[index],
+                probability=float(probabilities[index]),
+            )
+        prediction.crop.shape.extend(crop.shape)
+        prediction.crop.dtype = stn_pb2.DATA_TYPE_FLOAT32
+        prediction.crop.data = np.ascontiguousarray(crop, "<f4").tobytes()
+        if request.crop_png:
+            prediction.crop_png = encode_png(crop)
+    return response
+
+
+class StnServicer(stn_pb2_grpc.StnServiceServicer):
+    def __init__(self, repository, dispatcher, metrics, max_images_per_request: int):
+        self.repository = repository
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.max_images = max_images_per_request
+
+    def _start(self, request: stn_pb2.PredictRequest, context, call: Call, inline: bool):
+        """Validate, decode and queue one request (or, with `inline`, run it here if the model
+        is idle); returns a function that waits for its outputs and builds the response."""
+        model = self.repository.get(request.model, request.version)
+        call.model = model.name
+        if request.top_k < 0:
+            raise InvalidInputError(
+                f"top_k must be >= 0 (0 = {DEFAULT_TOP_K}), got {request.top_k}"
+            )
+        top_k = min(request.top_k or DEFAULT_TOP_K, model.spec.num_classes)
+        check_count(len(request.images), self.max_images)
+        with self.dispatcher.arrival(model, context, inline) as submit:
+            shape = model.spec.input_shape
+            future = submit(
+                np.stack([image_array(im, shape, i) for i, im in enumerate(request.images)])
+            )
+        return lambda: response_for(
+            request, model, top_k, self.dispatcher.result(model, future, context)
+        )
+
+    def Predict(self, request, context):
+        with answering(context, self.metrics, "Predict") as call:
+            return self._start(request, context, call, inline=True)()
+
+    def PredictStream(self, request_iterator, context):
+        """Requests are queued as they arrive, so those in flight on one stream can share a batch;
+        responses keep the request order. A bad request ends the stream with its status."""
+        started: queue.Queue = queue.Queue(maxsize=STREAM_WINDOW)
+        reader = threading.Thread(
+            target=self._read_stream, args=(request_iterator, context, started), daemon=True
+        )
+        reader.start()
+        while (item := _take_while_active(started, context)) is not None:
+            call, finish = item
+            with answering(context, self.metrics, "PredictStream", call):
+                response = finish()
+            yield response
+
+    def _read_stream(self, request_iterator, context, started: queue.Queue) -> None:
+        """Start each request of a stream as it arrives. A request that fails to start is handed
+        on in its turn and ends the reading, so the requests before it are answered first."""
+        try:
+            for request in request_iterator:
+                call = Call()
+                try:
+                    # Never inline: the reader must keep reading while the model runs.
+                    finish = self._start(request, context, call, inline=False)
+                except Exception as error:  # noqa: BLE001 - answered in order by PredictStream
+                    _put_while_active(started, (call, functools.partial(_reraise, error)), context)
+                    return
+                if not _put_while_active(started, (call, finish), context):
+                    return
+        except grpc.RpcError:
+            return  # the client cancelled or the stream broke: nothing is left to answer
+        finally:
+            _put_while_active(started, None, context)
+
+    def ListModels(self, request, context):
+        with answering(context, self.metrics, "ListModels"):
+            return stn_pb2.ListModelsResponse(
+                models=[
+                    describe(self.repository.get(name), self.repository.versions(name))
+                    for name in self.repository.names()
+                ]
+            )
+
+    def DescribeModel(self, request, context):
+        with answering(context, self.metrics, "DescribeModel") as call:
+            model = self.repository.get(request.model, request.version)
+            call.model = model.name
+            return describe(model, self.repository.versions(model.name))

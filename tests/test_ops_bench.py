@@ -1,0 +1,61 @@
+"""`stn-serve bench layer` runs end to end on small sizes and prints its table."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from stn_serve.bench.layer import parse_case
+from stn_serve.cli import main
+
+
+def test_bench_layer_prints_times_and_ratios_for_each_case(capsys):
+    argv = [
+        "bench",
+        "layer",
+        "--cases",
+        "4x1x8x8:6x6",
+        "3x3x7x9:9x5",
+        "--repeats",
+        "2",
+        "--rounds",
+        "1",
+        "--warmup",
+        "1",
+        "--padding-mode",
+        "reflection",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for label in ("4 1 8x8 -> 6x6", "3 3 7x9 -> 9x5"):
+        for pass_name in ("forward", "forward+backward"):
+            row = re.search(
+                rf"^{re.escape(label)}\s+{re.escape(pass_name)}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$",
+                out,
+                re.MULTILINE,
+            )
+            assert row, f"no {pass_name} row for {label} in:\n{out}"
+            native, custom, ratio = (float(v) for v in row.groups())
+            assert native > 0 and custom > 0
+            assert ratio == pytest.approx(custom / native, rel=0.05, abs=0.01)
+        difference = re.search(
+            rf"^{re.escape(label)}\s+largest .*: ([\d.e+-]+)$", out, re.MULTILINE
+        )
+        assert difference and float(difference.group(1)) < 1e-4
+    assert re.search(
+        r"^worst forward\+backward ratio [\d.]+x (meets|misses) the target of 1.5x$",
+        out,
+        re.MULTILINE,
+    )
+
+
+@pytest.mark.parametrize("text", ["256x1x42:28x28", "0x1x4x4:2x2", "4x1x4x4-2x2"])
+def test_bad_case_names_the_expected_form(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"case must be NxCxHxW:hxw .* got"):
+        parse_case(text)
+
+
+def test_case_parses_to_sizes():
+    assert parse_case("256x1x42x42:28x28") == (256, 1, 42, 42, 28, 28)
