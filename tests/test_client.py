@@ -7,12 +7,16 @@ import io
 import json
 import subprocess
 import sys
+import threading
+from concurrent import futures
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import running_server
+from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.cli import main
 from stn_serve.client import ClassScore, Client, ModelInfo, Prediction
 from stn_serve.client.channel import channel_options
@@ -164,8 +168,34 @@ def test_errors_become_domain_exceptions_naming_the_problem(client, digits_image
         client.predict(np.zeros((28, 28), np.int64))
     with pytest.raises(NotFoundError, match="does not exist"):
         client.predict("/no/such/file.png")
-    with pytest.raises(DeadlineExceededError):
-        client.predict(digits_images, timeout=1e-6)
+
+
+class _SlowStnService(stn_pb2_grpc.StnServiceServicer):
+    """Answers nothing before the client's deadline has certainly passed."""
+
+    def __init__(self, release: threading.Event):
+        self.release = release
+
+    def Predict(self, request, context):
+        self.release.wait(10)
+        return stn_pb2.PredictResponse()
+
+
+def test_a_missed_deadline_becomes_deadline_exceeded(digits_images):
+    # gRPC deadlines are about a millisecond coarse, so a fast server may beat a tiny timeout:
+    # hold the answer instead of racing it.
+    release = threading.Event()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    stn_pb2_grpc.add_StnServiceServicer_to_server(_SlowStnService(release), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            with pytest.raises(DeadlineExceededError):
+                client.predict(digits_images[0], timeout=0.2)
+    finally:
+        release.set()
+        server.stop(grace=None)
 
 
 def test_max_message_mb_limits_what_the_client_sends(server_port, digits_images):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -63,6 +65,43 @@ def test_grid_sample_matches_native(shape, padding_mode, align_corners, seed):
     theirs = value_and_grads(native, input, grid, grad_output, padding_mode, align_corners)
     for name, mine, reference in zip(("output", "grad_input", "grad_grid"), ours, theirs):
         torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_both_sampler_ops_match_native(padding_mode, channels):
+    # grid_sample runs stn::grid_sample_with_context when autograd wants gradients in eager
+    # mode and stn::grid_sample otherwise (no grad, torch.compile, export): both must be right.
+    generator = torch.Generator().manual_seed(2)
+    input = torch.randn(2, channels, 6, 7, generator=generator)
+    grid = random_grid(generator, 2, 5, 4)
+    grad_output = torch.randn(2, channels, 5, 4, generator=generator)
+    theirs = value_and_grads(native, input, grid, grad_output, padding_mode, False)
+    for op in (torch.ops.stn.grid_sample, torch.ops.stn.grid_sample_with_context):
+
+        def sample(*args, op=op):
+            output = op(*args)
+            return output[0] if isinstance(output, tuple) else output
+
+        ours = value_and_grads(sample, input, grid, grad_output, padding_mode, False)
+        for mine, reference in zip(ours, theirs):
+            torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflection"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_backward_in_groups_of_images_matches_native(monkeypatch, padding_mode, channels):
+    # The training backward splits large batches into groups of images; a budget of one
+    # element makes every image its own group, and 5 images leave no group the same as another.
+    monkeypatch.setattr(importlib.import_module("stn_serve.ops.grid_sample"), "_GROUP_ELEMENTS", 1)
+    generator = torch.Generator().manual_seed(11)
+    input = torch.randn(5, channels, 6, 7, generator=generator)
+    grid = random_grid(generator, 5, 4, 5)
+    grad_output = torch.randn(5, channels, 4, 5, generator=generator)
+    ours = value_and_grads(grid_sample, input, grid, grad_output, padding_mode, True)
+    theirs = value_and_grads(native, input, grid, grad_output, padding_mode, True)
+    for mine, reference in zip(ours, theirs):
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
@@ -244,8 +283,9 @@ def test_no_native_sampler_or_affine_grid_kernel_is_called(monkeypatch):
         if name.startswith("aten::") and ("grid_sampler" in name or "affine_grid" in name)
     }
     assert native == set(), native
+    # With gradients wanted in eager mode, grid_sample runs the training-path op.
     assert {
-        "stn::grid_sample",
+        "stn::grid_sample_with_context",
         "stn::affine_grid",
         "aten::embedding_bag",
         "aten::scatter_add_",
@@ -340,6 +380,14 @@ def test_backward_functions_skip_gradients_not_asked_for():
             torch.ops.stn.grid_sample.default,
             (torch.randn(2, 3, 5, 4), torch.rand(2, 3, 6, 2) * 2 - 1, "border", False),
         ),
+        (
+            torch.ops.stn.grid_sample_with_context.default,
+            (torch.randn(2, 3, 5, 4), torch.rand(2, 3, 6, 2) * 2 - 1, "reflection", True),
+        ),
+        (
+            torch.ops.stn.grid_sample_with_context.default,
+            (torch.randn(2, 1, 5, 4), torch.rand(2, 3, 6, 2) * 2 - 1, "zeros", False),
+        ),
         (torch.ops.stn.affine_grid.default, (torch.randn(2, 2, 3), [2, 1, 4, 5], True)),
     ],
 )
@@ -412,3 +460,13 @@ def test_empty_batch_gives_empty_output_and_gradients(channels):
     output.sum().backward()
     assert output.shape == (0, channels, 4, 3)
     assert input.grad.shape == input.shape and theta.grad.shape == theta.shape
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_nan_grid_points_give_nan_output_instead_of_an_error(channels):
+    input = torch.rand(2, channels, 5, 5)
+    grid = torch.zeros(2, 3, 3, 2)
+    grid[0, 1, 1] = float("nan")
+    output = grid_sample(input, grid)
+    assert torch.isnan(output[0, :, 1, 1]).all()
+    assert torch.isfinite(output[1]).all()

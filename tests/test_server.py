@@ -29,8 +29,7 @@ def repository(model_repository):
 
 @pytest.fixture(scope="module")
 def server(repository):
-    with running_server(repository, max_images_per_request=8, max_message_mb=1) as (server, port):
-        server.port = port
+    with running_server(repository, max_images_per_request=8, max_message_mb=1) as (server, _):
         yield server
 
 

@@ -163,14 +163,29 @@ def test_help_documents_every_flag_with_its_default():
         assert f"(default: {action.default})" in " ".join(help_text.split()), action.dest
 
 
-def test_metrics_port_in_use_fails_with_a_clear_message(model_repository):
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--port", "error: cannot bind 127.0.0.1:{port}"),
+        ("--metrics-port", "error: cannot serve metrics on 127.0.0.1:{port}"),
+    ],
+)
+def test_port_in_use_fails_with_a_clear_message(model_repository, flag, message):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        # serve_process passes --port 0 first; the later flag wins
         process = serve_process(
-            "--repository", str(model_repository), "--device", "cpu", "--metrics-port", str(port)
+            "--repository",
+            str(model_repository),
+            "--device",
+            "cpu",
+            "--metrics-port",
+            "0",
+            flag,
+            str(port),
         )
         _, stderr = process.communicate(timeout=WAIT_S)
     assert process.returncode == 2
-    assert f"error: cannot serve metrics on 127.0.0.1:{port}" in stderr
+    assert message.format(port=port) in stderr

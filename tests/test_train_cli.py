@@ -203,3 +203,16 @@ def test_parsers_build_without_torch():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--loc-lr-mult" in done.stdout and "--quick" in done.stdout
+
+
+@pytest.mark.parametrize("text", ["28x", "0x28", "big", "1x2x3"])
+def test_bad_size_flags_are_refused(text, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["train", "--crop-size", text])
+    assert stop.value.code == 2
+    assert "HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+def test_size_flags_accept_one_or_two_numbers():
+    args = build_parser().parse_args(["train", "--crop-size", "28", "--image-size", "32x48"])
+    assert args.crop_size == (28, 28) and args.image_size == (32, 48)

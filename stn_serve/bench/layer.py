@@ -42,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cases",
         type=parse_case,
         nargs="+",
-        default=[parse_case(c) for c in DEFAULT_CASES],
+        default=DEFAULT_CASES,
         metavar="NxCxHxW:hxw",
-        help="input and output sizes to time (default: " + " ".join(DEFAULT_CASES) + ")",
+        help="input and output sizes to time",
     )
     parser.add_argument(
         "--repeats", type=int, default=10, help="timed calls per implementation, pass and round"
@@ -181,7 +181,9 @@ def run(args) -> int:
     print(header)
     print("-" * len(header))
     worst = 0.0
-    for case in args.cases:
+    # argparse converts the cases given on the command line, not the default strings.
+    cases = [parse_case(case) if isinstance(case, str) else case for case in args.cases]
+    for case in cases:
         timings, difference = measure(
             case,
             args.rounds,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stn_serve.data.decode import DECODE_ERRORS, decode_image, is_grey
+from stn_serve.imaging import DECODE_ERRORS, decode_image, is_grey
 from stn_serve.data.split import (
     Split,
     check_channels,

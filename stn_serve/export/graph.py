@@ -81,17 +81,20 @@ def to_onnx(
     if example_inputs[0].shape[0] < 2:
         raise InvalidInputError(f"example inputs need a batch of at least 2, got {example_inputs[0].shape[0]}")
     batch = torch.export.Dim("batch")
-    program = torch.onnx.export(
-        module.eval(),
-        example_inputs,
-        dynamo=True,
-        input_names=list(input_names),
-        output_names=list(output_names),
-        opset_version=opset,
-        dynamic_shapes=tuple({0: batch} for _ in example_inputs),
-        custom_translation_table=translation_table(),
-        verbose=False,
-    )
+    # Without gradients the custom layer runs its inference op, stn::grid_sample, which the
+    # translation table maps (its training variant also returns the backward's context).
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module.eval(),
+            example_inputs,
+            dynamo=True,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=opset,
+            dynamic_shapes=tuple({0: batch} for _ in example_inputs),
+            custom_translation_table=translation_table(),
+            verbose=False,
+        )
     model = program.model_proto
     attach_functions(model)
     onnx.checker.check_model(model, full_check=True)

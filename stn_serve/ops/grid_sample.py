@@ -24,16 +24,26 @@ Gradients, with g the output gradient:
 
 Implementation, in plain tensor ops (`bilinear_sample_forward`, `bilinear_sample_backward`):
 per-point quantities are [N, 2, P] tensors (x and y apart, P = H * W), so elementwise ops run
-over long rows. Neighbour indices point into the input padded with two zero pixels on each side
-and are clamped into that padding, so a neighbour outside the input reads zero with no masks.
-A one-channel input gathers the four neighbour values with one `gather` and interpolates with
-two `lerp`s. A multi-channel input gathers rows of a channels-last copy with
-`embedding_bag(mode="sum", per_sample_weights=w)` over bags of the four neighbours, which fuses
-the gather and the weighted sum: out[p] = sum_k w[p, k] * rows[index[p, k]] (in ONNX terms
-Gather, Mul, ReduceSum over the bag axis). The input gradient is `scatter_add_` of the weighted
-output gradient into the padded planes, then the padding is cut off. The backward recomputes the
-neighbours from the grid rather than storing [N, 4, P] tensors from the forward, as torch's own
-kernel does.
+over long rows. The input is padded with two zero pixels on each side and the top-left
+neighbour's flat index is clamped into that padding, so a neighbour outside the input reads zero
+with no masks; neighbour k sits at that index plus a constant offset (0, 1, W + 4, W + 5), so the
+four are read and written through views of the padded plane shifted by the offsets, with one
+index. A one-channel input gathers the four values that way and interpolates with two `lerp`s. A
+multi-channel input gathers rows of a channels-last copy with `embedding_bag(mode="sum",
+per_sample_weights=w)` over bags of the four neighbours, which fuses the gather and the weighted
+sum: out[p] = sum_k w[p, k] * rows[index[p, k]] (in ONNX terms Gather, Mul, ReduceSum over the
+bag axis). The input gradient is one `scatter_add_` per neighbour of the weighted output
+gradient into the shifted padded planes, then the padding is cut off.
+
+Two ops share these functions. `stn::grid_sample` (what no-grad calls, torch.compile and the ONNX
+exporter see) saves only its inputs, and its backward, `bilinear_sample_backward`, derives the
+neighbours from the grid again, as torch's own kernel does. `stn::grid_sample_with_context`, which
+`grid_sample` runs in eager mode when autograd wants gradients, also returns what the backward
+needs (`SampleContext`: the top-left indices, fractions and slope, and for the grid gradient the
+padded channels-last input or, for one channel, d out / d (x, y), which the forward gets from the
+neighbour values it has already read), so the backward repeats none of the forward's passes.
+The multi-channel forward and the training backward work through the batch in groups of images,
+so that their temporaries stay small (`_GROUP_ELEMENTS`).
 """
 
 from __future__ import annotations
@@ -51,6 +61,11 @@ PADDING_MODES = ("zeros", "border", "reflection")
 # The sampled map is padded with this many zero pixels on each side, so that every clamped
 # neighbour index stays inside it: neighbours that fall outside the input read (and receive) zero.
 _PAD = 2
+
+# The sampler works through large batches in groups of images of about this many output elements
+# (N * C * P), so that its temporaries, the size of a group's output, stay in cache and are
+# reused by the allocator; whole-batch ones would be mapped fresh, page by page, on every call.
+_GROUP_ELEMENTS = 1 << 19
 
 
 def check_sample_inputs(input: torch.Tensor, grid: torch.Tensor, padding_mode: str) -> None:
@@ -94,8 +109,8 @@ def source_coordinates(
     sizes = coords.new_tensor([width, height]).view(1, 2, 1)
     scale = (sizes - 1) / 2 if align_corners else sizes / 2
     # The operations and their order are torch's, so that points land on exactly the same side
-    # of a pixel centre (which matters for the gradient there).
-    # Written to a fresh contiguous tensor, so a transposed view of the grid costs no extra copy.
+    # of a pixel centre (which matters for the gradient there). The first one writes a fresh
+    # contiguous tensor, so a transposed view of the grid costs no extra copy.
     pixel = torch.add(coords, 1, out=coords.new_empty(coords.shape)).mul_(scale)
     if not align_corners:
         pixel.sub_(0.5)
@@ -134,29 +149,38 @@ def _reflect(
 
 class Neighbours(NamedTuple):
     """The four neighbours (y0 x0, y0 x1, y1 x0, y1 x1) of P points in each of N images,
-    x0 = floor(x) and x1 = x0 + 1, and the fractions x - x0, y - y0."""
+    x0 = floor(x) and x1 = x0 + 1, and the fractions x - x0, y - y0.
 
-    index: torch.Tensor  # (N, 4, P) int64, into one image's plane of `padded_planes`
+    Neighbour k of a point sits at `top_left + offsets[k]` in one image's plane of
+    `padded_planes`; gathering and scattering through views of the plane shifted by each offset
+    reuse the one index instead of materialising four."""
+
+    top_left: torch.Tensor  # (N, P) int64: the flat index of (y0, x0)
+    offsets: tuple[int, int, int, int]  # 0, 1, W + 4, W + 5
     fraction: torch.Tensor  # (N, 2, P): x - x0 then y - y0, the weights of x1 and y1
 
-    def axis_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Tensor[N, 2, P], Tensor[N, 2, P]): the weights (w0, w1) of x0, x1 and of y0, y1."""
-        weight = torch.stack((1 - self.fraction, self.fraction), dim=2)  # (N, axis, 2, P)
-        return weight[:, 0], weight[:, 1]
+
+def neighbour_offsets(width: int) -> tuple[int, int, int, int]:
+    """The flat offsets of the four neighbours from the top-left one in a padded plane."""
+    padded_width = width + 2 * _PAD
+    return (0, 1, padded_width, padded_width + 1)
 
 
-def bilinear_weights(weight_x: torch.Tensor, weight_y: torch.Tensor) -> torch.Tensor:
-    """Tensor[N, 4, P]: the weight wy * wx of each neighbour, from the per-axis weights."""
-    return (weight_y.unsqueeze(2) * weight_x.unsqueeze(1)).flatten(1, 2)
+def bilinear_weights(fraction: torch.Tensor) -> list[torch.Tensor]:
+    """The weights wy * wx (Tensor[N, P] each) of the neighbours y0 x0, y0 x1, y1 x0, y1 x1,
+    from the fractions (Tensor[N, 2, P]); four tensors, because stacking costs a pass more."""
+    fraction_x, fraction_y = fraction.unbind(1)
+    left, top = 1 - fraction_x, 1 - fraction_y
+    return [top * left, top * fraction_x, fraction_y * left, fraction_y * fraction_x]
 
 
-def weight_steps(weight_x: torch.Tensor, weight_y: torch.Tensor) -> torch.Tensor:
-    """Tensor[N, 2, 4, P]: d weight / d x = (-wy0, wy0, -wy1, wy1) and
-    d weight / d y = (-wx0, -wx1, wx0, wx1) of each neighbour."""
-    sign = weight_x.new_tensor([-1.0, 1.0])
-    along_x = weight_y.unsqueeze(2) * sign.view(1, 1, 2, 1)
-    along_y = sign.view(1, 2, 1, 1) * weight_x.unsqueeze(1)
-    return torch.stack((along_x.flatten(1, 2), along_y.flatten(1, 2)), dim=1)
+def weight_steps(fraction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Tensor[N, P, 4], Tensor[N, P, 4]): d weight / d x = (-wy0, wy0, -wy1, wy1) and
+    d weight / d y = (-wx0, -wx1, wx0, wx1) of each neighbour, from the fractions (Tensor[N, 2, P])."""
+    fraction_x, fraction_y = fraction.unbind(1)
+    along_x = torch.stack((fraction_y - 1, 1 - fraction_y, -fraction_y, fraction_y), dim=2)
+    along_y = torch.stack((fraction_x - 1, -fraction_x, 1 - fraction_x, fraction_x), dim=2)
+    return along_x, along_y
 
 
 def bilinear_neighbours(pixel: torch.Tensor, height: int, width: int) -> Neighbours:
@@ -165,14 +189,14 @@ def bilinear_neighbours(pixel: torch.Tensor, height: int, width: int) -> Neighbo
     fraction = pixel - corner
     padded_width = width + 2 * _PAD
     # Clamping into the padding keeps far-away points in range; a clamped neighbour lies in the
-    # zero padding either way, because x0 < -2 puts both x0 and x1 left of the input.
-    corner.clamp_(min=-_PAD).clamp_(max=pixel.new_tensor([width, height]).view(1, 2, 1))
-    top_left = torch.add(corner[:, :1], corner[:, 1:], alpha=padded_width).to(torch.int64)
-    offsets = torch.tensor([0, 1, padded_width, padded_width + 1], device=pixel.device)
-    offsets = (offsets + _PAD * padded_width + _PAD).view(1, 4, 1)
-    # Adding to the expanded index is several times faster than broadcasting both operands.
-    index = top_left.expand(-1, 4, -1) + offsets
-    return Neighbours(index, fraction)
+    # zero padding either way, because x0 < -2 puts both x0 and x1 left of the input. A NaN
+    # point (from a diverged transform) reads the padding too, instead of an invalid index.
+    corner.nan_to_num_(nan=-_PAD).clamp_(min=-_PAD).clamp_(
+        max=pixel.new_tensor([width, height]).view(1, 2, 1)
+    )
+    top_left = torch.add(corner[:, 0], corner[:, 1], alpha=padded_width)
+    top_left = top_left.add_(_PAD * padded_width + _PAD).to(torch.int64)
+    return Neighbours(top_left, neighbour_offsets(width), fraction)
 
 
 def padded_planes(input: torch.Tensor) -> torch.Tensor:
@@ -184,51 +208,120 @@ def padded_planes(input: torch.Tensor) -> torch.Tensor:
 def padded_rows(input: torch.Tensor) -> torch.Tensor:
     """Tensor[N * (H + 4) * (W + 4), C]: `padded_planes` channels-last, one row per pixel."""
     batch, channels, height, width = input.shape
-    rows = input.new_empty(batch, height + 2 * _PAD, width + 2 * _PAD, channels)
-    # Zero only the border: filling the whole map first would write it twice.
-    rows[:, :_PAD] = 0
-    rows[:, _PAD + height :] = 0
-    rows[:, _PAD : _PAD + height, :_PAD] = 0
-    rows[:, _PAD : _PAD + height, _PAD + width :] = 0
+    # One contiguous fill and then the interior: zeroing only the border, in four strided
+    # pieces, takes longer than writing the whole map twice.
+    rows = input.new_zeros(batch, height + 2 * _PAD, width + 2 * _PAD, channels)
     rows[:, _PAD : _PAD + height, _PAD : _PAD + width] = input.permute(0, 2, 3, 1)
     return rows.view(-1, channels)
 
 
-def _bags(index: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _image_groups(batch: int, channels: int, points: int) -> list[tuple[int, int]]:
+    """(start, stop) of groups of images of about `_GROUP_ELEMENTS` output elements; an empty
+    batch is one empty group, so that it still gives results of the right shapes."""
+    size = max(1, _GROUP_ELEMENTS // max(1, channels * points))
+    return [(start, min(batch, start + size)) for start in range(0, max(batch, 1), size)]
+
+
+def _bags(neighbours: Neighbours, height: int, width: int) -> torch.Tensor:
     """Tensor[N * P, 4]: the neighbours' rows in `padded_rows`, one bag of four per point."""
+    top_left = neighbours.top_left
     plane_size = (height + 2 * _PAD) * (width + 2 * _PAD)
-    image_start = torch.arange(index.shape[0], device=index.device).view(-1, 1, 1) * plane_size
-    return (index + image_start).transpose(1, 2).reshape(-1, 4)
+    image_start = torch.arange(top_left.shape[0], device=top_left.device).view(-1, 1) * plane_size
+    offsets = torch.tensor(neighbours.offsets, device=top_left.device)
+    return (top_left + image_start).view(-1, 1) + offsets
 
 
 def weighted_bag_sum(rows: torch.Tensor, bags: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Tensor[N * P, C]: sum over the four neighbours k of weights[n, k, p] * rows[bags[., k]].
+    """Tensor[B, C]: sum over the four neighbours k of weights[b, k] * rows[bags[b, k]].
 
     The gather of the neighbour rows and their weighted sum in one pass (an embedding bag sum),
-    with no [N * P, 4, C] intermediate.
+    with no [B, 4, C] intermediate.
 
     Args:
         rows (Tensor[L, C]): `padded_rows`.
-        bags (Tensor[N * P, 4], int64): `_bags`.
-        weights (Tensor[N, 4, P]): neighbour weights.
+        bags (Tensor[B, 4], int64): `_bags`, one bag per point (B = N * P) or per point and axis.
+        weights (Tensor[B, 4]): neighbour weights, one row per bag.
     """
-    per_row = weights.transpose(1, 2).reshape(-1, 4)
-    return nn.functional.embedding_bag(bags, rows, per_sample_weights=per_row, mode="sum")
+    return nn.functional.embedding_bag(bags, rows, per_sample_weights=weights, mode="sum")
 
 
-def _single_channel_values(input: torch.Tensor, neighbours: Neighbours) -> torch.Tensor:
-    """Tensor[N, 2, 2, P]: the neighbour values (y, x) of a one-channel input, one gather."""
-    values = padded_planes(input).squeeze(1).gather(1, neighbours.index.flatten(1))
-    return values.view(input.shape[0], 2, 2, neighbours.index.shape[2])
+def _single_channel_values(planes: torch.Tensor, neighbours: Neighbours) -> list[torch.Tensor]:
+    """The values (Tensor[N, P] each, y0 x0, y0 x1, y1 x0, y1 x1) of the four neighbours in
+    one-channel `planes` (Tensor[N, L]), by gathers through shifted views with the one index.
+    They stay four tensors: stacking them costs more than the gathers."""
+    return [
+        torch.gather(planes[:, offset:], 1, neighbours.top_left) for offset in neighbours.offsets
+    ]
 
 
-def _neighbours(input: torch.Tensor, grid: torch.Tensor, padding_mode: str, align_corners: bool):
+def _single_channel_sample(
+    planes: torch.Tensor, neighbours: Neighbours, with_derivative: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The samples (Tensor[N, P]) of one-channel `planes` (Tensor[N, L]) and, if asked, their
+    derivative with respect to the pixel coordinates x and y (Tensor[N, 2, P])."""
+    top_left, top_right, bottom_left, bottom_right = _single_channel_values(planes, neighbours)
+    fraction_x, fraction_y = neighbours.fraction.unbind(1)
+    top = torch.lerp(top_left, top_right, fraction_x)
+    bottom = torch.lerp(bottom_left, bottom_right, fraction_x)
+    output = torch.lerp(top, bottom, fraction_y)
+    if not with_derivative:
+        return output, None
+    # d out / d x: the x steps of the two rows, interpolated along y; d out / d y: the step
+    # between the interpolated rows.
+    along_x = torch.lerp(top_right - top_left, bottom_right - bottom_left, fraction_y)
+    return output, torch.stack((along_x, bottom.sub_(top)), dim=1)
+
+
+class SampleContext(NamedTuple):
+    """What the forward and the backward both derive from the grid and the input; the training
+    path computes it once, in the forward, and hands it to the backward."""
+
+    neighbours: Neighbours
+    slope: torch.Tensor  # (N, 2, P) or (1, 2, 1): d pixel coordinate / d grid coordinate
+    # What the grid gradient reads: for one channel d out / d (x, y) (Tensor[N, 2, P]), which
+    # the forward gets almost for free from the neighbour values; for more, `padded_rows`.
+    # None where only the input gradient is wanted.
+    grid_source: torch.Tensor | None
+
+
+def _grid_points(
+    input: torch.Tensor, grid: torch.Tensor, padding_mode: str, align_corners: bool
+) -> tuple[Neighbours, torch.Tensor]:
     """The neighbours of the grid points and d(pixel) / d(grid)."""
     height, width = input.shape[2:]
     # (N, 2, P): x and y apart, so that every elementwise op below runs over long rows.
     coords = grid.reshape(grid.shape[0], grid.shape[1] * grid.shape[2], 2).transpose(1, 2)
     pixel, slope = source_coordinates(coords, height, width, padding_mode, align_corners)
     return bilinear_neighbours(pixel, height, width), slope
+
+
+def _sample(
+    input: torch.Tensor,
+    neighbours: Neighbours,
+    out_height: int,
+    out_width: int,
+    with_grid_source: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The bilinear samples (Tensor[N, C, H, W]) of `input` at the neighbours' points and, if
+    asked, the `SampleContext.grid_source` computed on the way."""
+    batch, channels, height, width = input.shape
+    if channels == 1:
+        planes = padded_planes(input).squeeze(1)
+        output, derivative = _single_channel_sample(planes, neighbours, with_grid_source)
+        return output.view(batch, 1, out_height, out_width), derivative
+    rows = padded_rows(input)
+    plane_size = (height + 2 * _PAD) * (width + 2 * _PAD)
+    output = input.new_empty(batch, channels, out_height, out_width)
+    for start, stop in _image_groups(batch, channels, out_height * out_width):
+        group = Neighbours(
+            neighbours.top_left[start:stop], neighbours.offsets, neighbours.fraction[start:stop]
+        )
+        weights = torch.stack(bilinear_weights(group.fraction), dim=2).view(-1, 4)
+        samples = weighted_bag_sum(
+            rows[start * plane_size : stop * plane_size], _bags(group, height, width), weights
+        )
+        output[start:stop] = samples.view(-1, out_height, out_width, channels).permute(0, 3, 1, 2)
+    return output, rows if with_grid_source else None
 
 
 def bilinear_sample_forward(
@@ -246,20 +339,8 @@ def bilinear_sample_forward(
     Returns:
         Tensor[N, C, H, W]
     """
-    batch, channels, height, width = input.shape
-    out_height, out_width = grid.shape[1:3]
-    neighbours, _ = _neighbours(input, grid, padding_mode, align_corners)
-    if channels == 1:
-        # Interpolate along x in both neighbour rows at once, then along y.
-        values = _single_channel_values(input, neighbours)
-        fraction = neighbours.fraction
-        rows = torch.lerp(values[:, :, 0], values[:, :, 1], fraction[:, :1])
-        output = torch.lerp(rows[:, 0], rows[:, 1], fraction[:, 1])
-        return output.view(batch, 1, out_height, out_width)
-    bags = _bags(neighbours.index, height, width)
-    weights = bilinear_weights(*neighbours.axis_weights())
-    output = weighted_bag_sum(padded_rows(input), bags, weights)
-    return output.view(batch, out_height, out_width, channels).permute(0, 3, 1, 2).contiguous()
+    neighbours, _ = _grid_points(input, grid, padding_mode, align_corners)
+    return _sample(input, neighbours, grid.shape[1], grid.shape[2], with_grid_source=False)[0]
 
 
 def bilinear_sample_backward(
@@ -283,70 +364,82 @@ def bilinear_sample_backward(
     Returns:
         (Tensor[N, C, H_in, W_in] | None, Tensor[N, H, W, 2] | None): grad_input, grad_grid.
     """
-    batch, channels, height, width = input.shape
-    neighbours, slope = _neighbours(input, grid, padding_mode, align_corners)
-    points = grid.shape[1] * grid.shape[2]
+    neighbours, slope = _grid_points(input, grid, padding_mode, align_corners)
+    grid_source = None
+    if need_grid_grad:
+        if input.shape[1] == 1:
+            planes = padded_planes(input).squeeze(1)
+            grid_source = _single_channel_sample(planes, neighbours, with_derivative=True)[1]
+        else:
+            grid_source = padded_rows(input)
+    context = SampleContext(neighbours, slope, grid_source)
+    return _gradients(grad_output, context, input.shape, need_input_grad, need_grid_grad)
+
+
+def _gradients(
+    grad_output: torch.Tensor,
+    context: SampleContext,
+    input_shape,
+    need_input_grad: bool,
+    need_grid_grad: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """`bilinear_sample_backward` from the forward's `SampleContext`."""
+    batch, channels, height, width = input_shape
+    out_height, out_width = grad_output.shape[2:]
+    points = out_height * out_width
     grad_planes = grad_output.reshape(batch, channels, points)
-    weight_x, weight_y = neighbours.axis_weights()
+    neighbours = context.neighbours
     grad_input = None
     if need_input_grad:
-        grad_input = _input_gradient(
-            grad_planes, neighbours.index, weight_x, weight_y, height, width
-        )
+        grad_input = _input_gradient(grad_planes, neighbours, height, width)
     grad_grid = None
     if need_grid_grad:
         # d out / d x and d out / d y: the neighbour differences, weighted, against the output
-        # gradient summed over channels. (N, 2, P)
+        # gradient summed over channels.
         if channels == 1:
-            values = _single_channel_values(input, neighbours)
-            # In-place products and sums written into their destination: fewer fresh buffers.
-            grad_pixel = grad_planes.new_empty(batch, 2, points)
-            torch.sum((values[:, :, 1] - values[:, :, 0]).mul_(weight_y), 1, out=grad_pixel[:, 0])
-            torch.sum((values[:, 1] - values[:, 0]).mul_(weight_x), 1, out=grad_pixel[:, 1])
-            grad_pixel.mul_(grad_planes)
+            grad_pixel = context.grid_source * grad_planes
+            grad_grid = grad_pixel.mul_(context.slope).transpose(1, 2)
         else:
-            rows = padded_rows(input)
-            bags = _bags(neighbours.index, height, width)
+            # Per axis, the neighbour rows weighted by d weight / d axis in one bag sum, then a
+            # batched dot product with the output gradient's rows. The axes take turns rather
+            # than sharing one bag sum: a buffer over 32 MB is not reused by the allocator but
+            # mapped fresh, and its page faults cost more than the second call.
+            bags = _bags(neighbours, height, width)
             grad_rows = grad_output.permute(0, 2, 3, 1).reshape(batch * points, channels, 1)
-            grad_pixel = (
-                torch.stack(
-                    [
-                        torch.bmm(weighted_bag_sum(rows, bags, axis_steps).unsqueeze(1), grad_rows)
-                        for axis_steps in weight_steps(weight_x, weight_y).unbind(1)
-                    ]
-                )
-                .view(2, batch, points)
-                .transpose(0, 1)
+            grad_pixel = torch.stack(
+                [
+                    torch.bmm(
+                        weighted_bag_sum(
+                            context.grid_source, bags, axis_steps.view(-1, 4)
+                        ).unsqueeze(1),
+                        grad_rows,
+                    ).view(batch, points)
+                    for axis_steps in weight_steps(neighbours.fraction)
+                ],
+                dim=2,
             )
-        grad_grid = grad_pixel.mul_(slope).transpose(1, 2).reshape(grid.shape)
+            grad_grid = grad_pixel.mul_(context.slope.transpose(1, 2))
+        grad_grid = grad_grid.reshape(batch, out_height, out_width, 2)
     return grad_input, grad_grid
 
 
 def _input_gradient(
     grad_planes: torch.Tensor,
-    index: torch.Tensor,
-    weight_x: torch.Tensor,
-    weight_y: torch.Tensor,
+    neighbours: Neighbours,
     height: int,
     width: int,
 ) -> torch.Tensor:
     """Tensor[N, C, H, W]: each output gradient (Tensor[N, C, P]) scatter-added into its four
-    neighbours (`Neighbours.index`) with their weights wy * wx."""
+    neighbours with their weights wy * wx."""
     batch, channels = grad_planes.shape[:2]
     grad_padded = grad_planes.new_zeros(batch, channels, (height + 2 * _PAD) * (width + 2 * _PAD))
-    if channels == 1:
-        rows = (weight_y * grad_planes).unsqueeze(2)  # (N, y, 1, P)
-        contributions = (rows * weight_x.unsqueeze(1)).flatten(1)
-        grad_padded.squeeze(1).scatter_add_(1, index.flatten(1), contributions)
-    else:
-        # One scatter per neighbour, its source in one reused buffer of the output's size
-        # instead of four times it; within an image plane the scatter stays in cache.
-        contribution = torch.empty_like(grad_planes)
-        weights = bilinear_weights(weight_x, weight_y)
-        for neighbour, weight in zip(index.unbind(1), weights.unbind(1)):
-            torch.mul(grad_planes, weight.unsqueeze(1), out=contribution)
-            target = neighbour.unsqueeze(1).expand_as(grad_planes)
-            grad_padded.scatter_add_(2, target, contribution)
+    index = neighbours.top_left.unsqueeze(1).expand_as(grad_planes)
+    # One scatter per neighbour into the plane shifted by its offset, its source in one reused
+    # buffer of the output's size; within an image plane the scatter stays in cache.
+    contribution = torch.empty_like(grad_planes)
+    for offset, weight in zip(neighbours.offsets, bilinear_weights(neighbours.fraction)):
+        torch.mul(grad_planes, weight.unsqueeze(1), out=contribution)
+        grad_padded[:, :, offset:].scatter_add_(2, index, contribution)
     grad_padded = grad_padded.view(batch, channels, height + 2 * _PAD, width + 2 * _PAD)
     return grad_padded[:, :, _PAD : _PAD + height, _PAD : _PAD + width]
 
@@ -389,6 +482,89 @@ def _backward(ctx, grad_output):
 _grid_sample_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# The training path: the same forward, also returning its `SampleContext` (top-left indices,
+# fractions, slope, grid source) so that the backward does not derive them again.
+@torch.library.custom_op("stn::grid_sample_with_context", mutates_args=())
+def _grid_sample_with_context_op(
+    input: torch.Tensor, grid: torch.Tensor, padding_mode: str, align_corners: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_sample_inputs(input, grid, padding_mode)
+    neighbours, slope = _grid_points(input, grid, padding_mode, align_corners)
+    output, grid_source = _sample(
+        input, neighbours, grid.shape[1], grid.shape[2], with_grid_source=True
+    )
+    return output, neighbours.top_left, neighbours.fraction, slope, grid_source
+
+
+@_grid_sample_with_context_op.register_fake
+def _(input, grid, padding_mode, align_corners):
+    check_sample_inputs(input, grid, padding_mode)
+    batch, channels, height, width = input.shape
+    points = grid.shape[1] * grid.shape[2]
+    plane_size = (height + 2 * _PAD) * (width + 2 * _PAD)
+    slope_shape = (1, 2, 1) if padding_mode == "zeros" else (batch, 2, points)
+    source_shape = (batch, 2, points) if channels == 1 else (batch * plane_size, channels)
+    return (
+        input.new_empty(batch, channels, grid.shape[1], grid.shape[2]),
+        input.new_empty(batch, points, dtype=torch.int64),
+        input.new_empty(batch, 2, points),
+        input.new_empty(slope_shape),
+        input.new_empty(source_shape),
+    )
+
+
+def _setup_context_with_context(ctx, inputs, output):
+    input = inputs[0]
+    _, top_left, fraction, slope, grid_source = output
+    ctx.mark_non_differentiable(top_left, fraction, slope, grid_source)
+    # The backward only reads the output's gradient: not materialising zero gradients for the
+    # context outputs saves filling tensors as large as the input.
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(top_left, fraction, slope, grid_source)
+    ctx.input_shape = input.shape
+
+
+def _backward_with_context(ctx, grad_output, *_):
+    if grad_output is None:
+        # Autograd reached the op only through its context outputs, which carry no gradient.
+        return None, None, None, None
+    top_left, fraction, slope, grid_source = ctx.saved_tensors
+    batch, channels, height, width = ctx.input_shape
+    offsets = neighbour_offsets(width)
+    # grid_source holds one row per image for one channel, else one per padded pixel.
+    source_rows = 1 if channels == 1 else (height + 2 * _PAD) * (width + 2 * _PAD)
+    parts = []
+    for start, stop in _image_groups(batch, channels, top_left.shape[1]):
+        context = SampleContext(
+            Neighbours(top_left[start:stop], offsets, fraction[start:stop]),
+            slope if slope.shape[0] == 1 else slope[start:stop],
+            grid_source[start * source_rows : stop * source_rows],
+        )
+        parts.append(
+            _gradients(
+                grad_output[start:stop],
+                context,
+                (stop - start, channels, height, width),
+                need_input_grad=ctx.needs_input_grad[0],
+                need_grid_grad=ctx.needs_input_grad[1],
+            )
+        )
+    grad_input, grad_grid = (_join(grads) for grads in zip(*parts))
+    return grad_input, grad_grid, None, None
+
+
+def _join(grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor | None:
+    """The groups' gradients as one batch (None where the gradient was not asked for)."""
+    if grads[0] is None or len(grads) == 1:
+        return grads[0]
+    return torch.cat(grads)
+
+
+_grid_sample_with_context_op.register_autograd(
+    _backward_with_context, setup_context=_setup_context_with_context
+)
+
+
 def grid_sample(
     input: torch.Tensor,
     grid: torch.Tensor,
@@ -398,7 +574,10 @@ def grid_sample(
     """Bilinearly sample `input` at `grid`, like `torch.nn.functional.grid_sample(mode="bilinear")`.
 
     Runs `torch.ops.stn.grid_sample`, whose forward is `bilinear_sample_forward` and whose
-    backward is `bilinear_sample_backward`.
+    backward is `bilinear_sample_backward`. Where autograd will want gradients in eager mode it
+    runs `torch.ops.stn.grid_sample_with_context` instead, the same forward that also hands the
+    backward what it derived from the grid; traced graphs (torch.compile, export) keep the one
+    op that the exporters map.
 
     Args:
         input (Tensor[N, C, H_in, W_in]): the map to sample.
@@ -414,6 +593,12 @@ def grid_sample(
     Raises:
         InvalidInputError (a ValueError): for shapes, dtypes or a padding mode not as above.
     """
+    if (
+        torch.is_grad_enabled()
+        and (input.requires_grad or grid.requires_grad)
+        and not torch.compiler.is_compiling()
+    ):
+        return torch.ops.stn.grid_sample_with_context(input, grid, padding_mode, align_corners)[0]
     return torch.ops.stn.grid_sample(input, grid, padding_mode, align_corners)
 
 

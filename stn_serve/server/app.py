@@ -50,7 +50,9 @@ class StnServer:
         self.health = health_servicer
         self.options = options
         self.serving = False
+        self.port: int | None = None  # the bound gRPC port, set by create_server
         self.metrics_port: int | None = None
+        self._stopping = threading.Lock()
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -69,16 +71,17 @@ class StnServer:
         """Stop accepting RPCs, let in-flight ones finish within `grace` seconds, then release
         everything. Requests are refused before health turns NOT_SERVING, so a client that sees
         NOT_SERVING never gets a request accepted here afterwards."""
-        if self._stopped.is_set():
-            return
-        self.serving = False
-        self.dispatcher.drain()
-        self.health.enter_graceful_shutdown()
-        self.grpc_server.stop(grace).wait()
-        self.dispatcher.close(timeout=grace)
-        self.metrics.close()
-        self.repository.unload()
-        self._stopped.set()
+        with self._stopping:
+            if self._stopped.is_set():
+                return
+            self.serving = False
+            self.dispatcher.drain()
+            self.health.enter_graceful_shutdown()
+            self.grpc_server.stop(grace).wait()
+            self.dispatcher.close(timeout=grace)
+            self.metrics.close()
+            self.repository.unload()
+            self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
@@ -138,8 +141,9 @@ def create_server(
         port = grpc_server.add_insecure_port(address)
     except RuntimeError as error:
         raise InvalidInputError(f"cannot bind {address}: {error}") from error
+    server.port = port
     log.info(
-        "server ready",
+        "server created",
         extra={"address": address, "port": port, "models": [repr(m) for m in repository.models()]},
     )
     return server, port

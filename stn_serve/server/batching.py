@@ -72,6 +72,7 @@ class Batcher:
         self._closed = False
         self._arriving = 0  # requests being decoded for this model, not yet submitted
         self._busy = False  # a batch is being gathered or run
+        self._room = 0  # while the batcher thread waits for a batch to fill: images it still takes
         self._thread = threading.Thread(
             target=self._loop, name=f"batcher-{model.name}-{model.version}", daemon=True
         )
@@ -105,7 +106,7 @@ class Batcher:
             if not submitted:  # refused while decoding: nothing will join from it
                 with self._condition:
                     self._arriving -= 1
-                    self._condition.notify()
+                    self._wake_batcher()
 
     def _enqueue(
         self, images: np.ndarray, deadline: float | None, arrived: bool, inline: bool
@@ -114,7 +115,6 @@ class Batcher:
         with self._condition:
             if arrived:
                 self._arriving -= 1
-                self._condition.notify()
             if self._closed:
                 raise NotReadyError(f"model {self.model.name} is shutting down")
             if len(self._queue) >= self.max_queue_size:
@@ -128,10 +128,29 @@ class Batcher:
             else:
                 self._queue.append(pending)
                 self._depth.set(len(self._queue))
-                self._condition.notify()
+            self._wake_batcher()
         if inline:
             self._run_and_release([pending])
         return pending.future
+
+    def _wake_batcher(self) -> None:
+        """Wake the batcher thread (the caller holds the condition) only when it has something to
+        do: take queued requests to an idle model, or stop waiting for a batch to fill once no
+        request is being decoded or enough are queued. Every other wake-up would cost a pair of
+        context switches per request for nothing (the end of each run wakes it anyway)."""
+        if not self._busy or (
+            self._room and (not self._arriving or len(self._queue) >= self._room)
+        ):
+            self._condition.notify()
+
+    def _join_queued(self, batch: list[Pending], size: int) -> int:
+        """Move the oldest queued requests into `batch` (holding `size` images) while they fit;
+        returns its new size. The caller holds the condition."""
+        while self._queue and size + len(self._queue[0].images) <= self.max_batch_size:
+            batch.append(self._queue.popleft())
+            size += len(batch[-1].images)
+        self._depth.set(len(self._queue))
+        return size
 
     def _next_batch(self) -> list[Pending] | None:
         """Block for the oldest request, then gather the ones that may join it; None once closed and drained."""
@@ -144,18 +163,15 @@ class Batcher:
             batch = [self._queue.popleft()]
             size = len(batch[0].images)
             flush_at = batch[0].enqueued + self.max_queue_delay_s
-            while size < self.max_batch_size:
+            while (size := self._join_queued(batch, size)) < self.max_batch_size:
                 if self._queue:
-                    if size + len(self._queue[0].images) > self.max_batch_size:
-                        break
-                    batch.append(self._queue.popleft())
-                    size += len(batch[-1].images)
-                    continue
+                    break  # the next request does not fit: it starts the next batch
                 remaining = flush_at - time.monotonic()
                 if remaining <= 0 or self._closed or not self._arriving:
                     break
+                self._room = self.max_batch_size - size
                 self._condition.wait(remaining)
-            self._depth.set(len(self._queue))
+                self._room = 0
             return batch
 
     def _loop(self) -> None:
@@ -176,7 +192,9 @@ class Batcher:
         for pending in batch:
             if not pending.future.set_running_or_notify_cancel():
                 continue  # the client went away while it waited
-            if pending.deadline is not None and now > pending.deadline:
+            # A request that arrived with no time left (time_remaining 0) has a deadline of exactly
+            # its arrival; it must fail, not race the client's own deadline with an answer.
+            if pending.deadline is not None and now >= pending.deadline:
                 pending.future.set_exception(
                     DeadlineExceededError(
                         f"deadline passed after {now - pending.enqueued:.3f} s in the queue of model "

@@ -3,6 +3,8 @@ converts between its messages and arrays; the runtime does the rest."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import stn_serve
@@ -44,7 +46,7 @@ def input_images(
             f"input {INPUT_NAME!r} has shape {dims}; expected [N, {', '.join(map(str, shape))}]"
         )
     check_count(dims[0], max_images)
-    count = int(np.prod(dims))
+    count = math.prod(dims)
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise InvalidInputError(
@@ -67,7 +69,7 @@ def input_images(
                 f"input {INPUT_NAME!r} has {len(values)} fp32_contents; shape {dims} needs {count}"
             )
         array = np.asarray(values, np.float32)
-    return check_pixels(array.reshape(dims).astype(np.float32), f"input {INPUT_NAME!r}")
+    return check_pixels(array.reshape(dims), f"input {INPUT_NAME!r}")
 
 
 def requested_outputs(request: pb.ModelInferRequest) -> list[str]:

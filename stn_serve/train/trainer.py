@@ -85,12 +85,7 @@ def _check_resumable(checkpoint: Checkpoint, data: RunData) -> None:
 
 
 def fit(config: TrainConfig) -> TrainResult:
-    """Train, validate every epoch, keep best.pt and last.pt, score best.pt on the test set.
-
-    On the CPU this turns on `torch.set_flush_denormal` for the process: mostly-empty distorted
-    canvases and the zero-initialised localisation head produce denormal floats, which slowed
-    CPU training steps about tenfold when measured.
-    """
+    """Train, validate every epoch, keep best.pt and last.pt, score best.pt on the test set."""
     _check(config)
     context = distributed.start(config.device)
     try:
@@ -146,8 +141,6 @@ def _restore(resumed: Checkpoint, optimizer, scheduler, model: nn.Module) -> tup
 def _fit(config: TrainConfig, context: distributed.Context) -> TrainResult:
     out_dir = Path(config.out_dir)
     torch.manual_seed(config.seed)
-    if context.device.type == "cpu":
-        torch.set_flush_denormal(True)  # see fit()
     data = load_run_data(config)
     resumed = load_checkpoint(config.resume) if config.resume else None
     model_config, model = _build_model(config, data, resumed)
