@@ -284,3 +284,18 @@ def test_transforms_run_under_torch_compile_fullgraph(name):
         results.append((grid, p.grad))
     for mine, reference in zip(*results):
         torch.testing.assert_close(mine, reference)
+
+
+def test_tps_matrix_computed_while_tracing_does_not_leak_into_eager_calls():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from stn_serve.ops import tps_kernel_matrix
+
+    # A size no other test uses, so the first computation happens under fake tensors.
+    with FakeTensorMode():
+        tps_kernel_matrix(7, 5, False, (3, 3))
+    eager = tps_kernel_matrix(7, 5, False, (3, 3))
+    assert type(eager) is torch.Tensor
+    assert torch.isfinite(eager).all()
+    # M maps control points to grid points and reproduces constants: its rows sum to 1.
+    torch.testing.assert_close(eager.sum(dim=1), torch.ones(35, dtype=torch.float64))

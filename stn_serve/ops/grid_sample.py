@@ -42,8 +42,8 @@ neighbours from the grid again, as torch's own kernel does. `stn::grid_sample_wi
 needs (`SampleContext`: the top-left indices, fractions and slope, and for the grid gradient the
 padded channels-last input or, for one channel, d out / d (x, y), which the forward gets from the
 neighbour values it has already read), so the backward repeats none of the forward's passes.
-The multi-channel forward and the training backward work through the batch in groups of images,
-so that their temporaries stay small (`_GROUP_ELEMENTS`).
+The training backward works through the batch in groups of images, so that its temporaries stay
+small (`_GROUP_ELEMENTS`).
 """
 
 from __future__ import annotations
@@ -62,9 +62,10 @@ PADDING_MODES = ("zeros", "border", "reflection")
 # neighbour index stays inside it: neighbours that fall outside the input read (and receive) zero.
 _PAD = 2
 
-# The sampler works through large batches in groups of images of about this many output elements
-# (N * C * P), so that its temporaries, the size of a group's output, stay in cache and are
-# reused by the allocator; whole-batch ones would be mapped fresh, page by page, on every call.
+# The training backward works through large batches in groups of images of about this many
+# output elements (N * C * P), so that its temporaries, the size of a group's output, stay in
+# cache and are reused by the allocator; whole-batch ones would be mapped fresh, page by page,
+# on every call.
 _GROUP_ELEMENTS = 1 << 19
 
 
@@ -310,17 +311,10 @@ def _sample(
         output, derivative = _single_channel_sample(planes, neighbours, with_grid_source)
         return output.view(batch, 1, out_height, out_width), derivative
     rows = padded_rows(input)
-    plane_size = (height + 2 * _PAD) * (width + 2 * _PAD)
-    output = input.new_empty(batch, channels, out_height, out_width)
-    for start, stop in _image_groups(batch, channels, out_height * out_width):
-        group = Neighbours(
-            neighbours.top_left[start:stop], neighbours.offsets, neighbours.fraction[start:stop]
-        )
-        weights = torch.stack(bilinear_weights(group.fraction), dim=2).view(-1, 4)
-        samples = weighted_bag_sum(
-            rows[start * plane_size : stop * plane_size], _bags(group, height, width), weights
-        )
-        output[start:stop] = samples.view(-1, out_height, out_width, channels).permute(0, 3, 1, 2)
+    bags = _bags(neighbours, height, width)
+    weights = torch.stack(bilinear_weights(neighbours.fraction), dim=2).view(-1, 4)
+    output = weighted_bag_sum(rows, bags, weights)
+    output = output.view(batch, out_height, out_width, channels).permute(0, 3, 1, 2).contiguous()
     return output, rows if with_grid_source else None
 
 

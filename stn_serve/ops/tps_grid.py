@@ -21,7 +21,6 @@ The gradient is `grad_offsets[n] = M^T @ grad_grid[n]`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
@@ -72,8 +71,25 @@ def _radial_basis(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return squared * torch.log(torch.where(squared > 0, squared, torch.ones_like(squared)))
 
 
-@functools.lru_cache(maxsize=32)
+#: M per (height, width, align_corners, rows, cols); only real tensors are kept.
+_KERNEL_MATRICES: dict[tuple[int, int, bool, int, int], torch.Tensor] = {}
+
+
 def _kernel_matrix(
+    height: int, width: int, align_corners: bool, rows: int, cols: int
+) -> torch.Tensor:
+    key = (height, width, align_corners, rows, cols)
+    if key not in _KERNEL_MATRICES:
+        matrix = _solve_kernel_matrix(*key)
+        # Under tracing (torch.export, fake tensors) the maths yields a FakeTensor; caching it
+        # would hand fake values to every later eager call in the process.
+        if type(matrix) is not torch.Tensor:
+            return matrix
+        _KERNEL_MATRICES[key] = matrix
+    return _KERNEL_MATRICES[key]
+
+
+def _solve_kernel_matrix(
     height: int, width: int, align_corners: bool, rows: int, cols: int
 ) -> torch.Tensor:
     control = tps_control_points((rows, cols))
