@@ -20,7 +20,7 @@ def add_parser(subparsers, parents):
     parser.add_argument(
         "--repository", type=Path, default=Path("export"), help="model repository to export into"
     )
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs")
     parser.add_argument(
         "--quick",
         action="store_true",
