@@ -172,7 +172,10 @@ def test_unknown_graph_optimisation_is_refused(model_repository):
 
 def test_requested_providers():
     assert requested_providers("cpu", [CUDA, CPU]) == [CPU]
-    assert requested_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
+    assert requested_providers("auto", [CUDA, CPU], cuda_driver=True) == [CUDA, CPU]
+    # Without the NVIDIA driver, auto does not ask for CUDA (ONNX Runtime would fail loudly).
+    assert requested_providers("auto", [CUDA, CPU], cuda_driver=False) == [CPU]
+    assert requested_providers("cuda", [CUDA, CPU], cuda_driver=False) == [CUDA]
     assert requested_providers("auto", [CPU]) == [CPU]
     assert requested_providers("cuda", [CUDA, CPU]) == [CUDA]
     with pytest.raises(

@@ -24,10 +24,16 @@ OUTPUT_NAMES = ("logits", "probabilities", "crop", "theta")
 EXPORTER_LOGGERS = ("onnx_ir", "onnxscript")
 
 
+# torch's op registry warns, on every export, that torchvision's ops are skipped; this project
+# does not use torchvision.
+REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
 def quiet_exporter_logs() -> None:
     """Keep the exporter's graph passes to warnings and errors (for command-line use)."""
     for name in EXPORTER_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger(REGISTRY_LOGGER).setLevel(logging.ERROR)
 
 
 class ServingGraph(nn.Module):

@@ -99,9 +99,14 @@ class OnnxModel:
                 f"{self.directory / 'model.onnx'}: cannot load: {error}"
             ) from error
         self.provider = check_session_provider(self.options.device, session.get_providers())
-        if CUDA in providers and self.provider != CUDA:
+        if self.options.device == "auto" and self.provider != CUDA:
+            reason = (
+                "CUDA execution provider unavailable"
+                if CUDA in providers
+                else "no CUDA execution provider or NVIDIA driver"
+            )
             log.warning(
-                "CUDA execution provider unavailable; running on the CPU",
+                f"{reason}; running on the CPU",
                 extra={"path": str(self.directory), "providers": session.get_providers()},
             )
         self._check_signature(session)

@@ -6,8 +6,10 @@ CUDA libraries), so the provider a session actually got is read back from the se
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.util
+import sys
 
 from stn_serve.errors import StnServeError
 
@@ -20,8 +22,25 @@ class DeviceUnavailableError(StnServeError):
     """The requested device cannot run models (e.g. `--device cuda` on a machine without CUDA)."""
 
 
-def requested_providers(device: str, available: list[str]) -> list[str]:
-    """The providers to ask ONNX Runtime for, in priority order."""
+@functools.cache
+def cuda_driver_present() -> bool:
+    """Whether the NVIDIA driver's CUDA library loads. Without it the CUDA provider cannot run,
+    and asking ONNX Runtime for it anyway only prints a loud load failure before falling back."""
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def requested_providers(
+    device: str, available: list[str], cuda_driver: bool | None = None
+) -> list[str]:
+    """The providers to ask ONNX Runtime for, in priority order.
+
+    `cuda_driver` says whether the NVIDIA driver is installed (None: probe for it); `auto` asks
+    for CUDA only where it is, `cuda` always does so that the failure names what is missing.
+    """
     if device not in DEVICES:
         raise StnServeError(f"device must be one of {list(DEVICES)}, got {device!r}")
     if device == "cpu":
@@ -33,7 +52,11 @@ def requested_providers(device: str, available: list[str]) -> list[str]:
                 "install onnxruntime-gpu or use --device auto or cpu"
             )
         return [CUDA]
-    return [CUDA, CPU] if CUDA in available else [CPU]
+    if CUDA not in available:
+        return [CPU]
+    if cuda_driver is None:
+        cuda_driver = cuda_driver_present()
+    return [CUDA, CPU] if cuda_driver else [CPU]
 
 
 @functools.cache
