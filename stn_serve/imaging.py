@@ -1,7 +1,8 @@
-"""Decode an image into model pixels: Pillow and numpy only, the same steps for every size and mode.
+"""Images to model pixels and back: Pillow and numpy only, the same steps for every size and mode.
 
 Training (the `folder` source) and serving (encoded uploads, batch inference) both decode through
-`pixels_from_image`, so a served model sees exactly the pixels it was trained on. Free of torch.
+`pixels_from_image`, so a served model sees exactly the pixels it was trained on; the server's
+PNG crops and the batch job's crop files both go through `crop_image`. Free of torch.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from stn_serve.errors import InvalidInputError
 
 #: Pillow modes that hold one grey plane.
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -66,3 +69,15 @@ def decode_image(path: str | Path, size: tuple[int, int], channels: int) -> np.n
     """
     with Image.open(path) as image:
         return pixels_from_image(image, size, channels)
+
+
+def crop_image(crop: np.ndarray) -> Image.Image:
+    """A crop (float32 [C, h, w], C in 1, 3, 4) as an 8-bit Pillow image: values clipped to
+    [0, 1], then scaled to 0..255 and rounded."""
+    if crop.ndim != 3 or crop.shape[0] not in CHANNEL_MODES:
+        raise InvalidInputError(
+            f"a crop must be [C, h, w] with C in {sorted(CHANNEL_MODES)}, got {list(crop.shape)}"
+        )
+    pixels = np.round(np.clip(crop, 0.0, 1.0) * 255.0).astype(np.uint8)
+    # Pillow infers L / RGB / RGBA from a uint8 [h, w] / [h, w, 3] / [h, w, 4] array.
+    return Image.fromarray(pixels[0] if crop.shape[0] == 1 else np.moveaxis(pixels, 0, -1))

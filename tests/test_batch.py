@@ -9,16 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import running_server
 from PIL import Image
 
-from conftest import running_server
 from stn_serve.batch import InputFile, iter_inputs, run_batch
-from stn_serve.batch.crops import crop_image, crop_name
+from stn_serve.batch.crops import crop_name
 from stn_serve.batch.inputs import glob_root
 from stn_serve.batch.journal import JsonLines, done_keys
 from stn_serve.batch.predictors import Failure
 from stn_serve.cli import main
 from stn_serve.errors import NotFoundError
+from stn_serve.imaging import crop_image
 
 GOOD = ["a.png", "b.jpg", "nested/c.png", "nested/deeper/d.png", "rgb.png"]
 BAD = "nested/bad.png"

@@ -5,22 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from stn_serve.errors import InvalidInputError
-
-_CHANNELS = (1, 3, 4)
-
-
-def crop_image(crop: np.ndarray) -> Image.Image:
-    """The crop as an 8-bit PIL image (values clipped to [0, 1], then scaled to 0..255)."""
-    if crop.ndim != 3 or crop.shape[0] not in _CHANNELS:
-        raise InvalidInputError(
-            f"a crop must be [C, h, w] with C in {list(_CHANNELS)}, got {list(crop.shape)}"
-        )
-    pixels = np.round(np.clip(crop, 0.0, 1.0) * 255.0).astype(np.uint8)
-    # Pillow infers L / RGB / RGBA from a uint8 [h, w] / [h, w, 3] / [h, w, 4] array.
-    return Image.fromarray(pixels[0] if crop.shape[0] == 1 else np.moveaxis(pixels, 0, -1))
+from stn_serve.imaging import crop_image
 
 
 def crop_name(key: str) -> str:

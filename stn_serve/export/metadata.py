@@ -4,7 +4,6 @@ same facts as the ONNX model's `metadata_props` (read by viewers and other tools
 from __future__ import annotations
 
 import json
-import platform
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -17,19 +16,16 @@ FORMAT = "stn-serve-model/1"
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that wrote and checked the model."""
-    import numpy
+    """Versions of the packages that wrote and checked the model: a checkpoint's, plus the
+    exporter's."""
     import onnx
     import onnxruntime
     import onnxscript
-    import torch
 
-    import stn_serve
+    from stn_serve.train.checkpoint import package_versions as training_versions
 
-    return {"stn_serve": stn_serve.__version__, "torch": str(torch.__version__),
-            "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version()}
+    return {**training_versions(), "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__}
 
 
 def describe(

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from stn_serve.errors import InvalidInputError, ResourceExhaustedError
-from stn_serve.imaging import CHANNEL_MODES, pixels_from_image
+from stn_serve.imaging import CHANNEL_MODES, crop_image, pixels_from_image
 
 # Decoding a larger picture could take the server's memory; no use case needs one.
 MAX_ENCODED_PIXELS = 40_000_000
@@ -95,9 +95,6 @@ def decode_raw(
 
 def encode_png(crop: np.ndarray) -> bytes:
     """float32[C, h, w] in [0, 1] (C in 1, 3, 4) -> PNG bytes."""
-    pixels = np.clip(np.rint(crop * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-    if pixels.shape[2] == 1:
-        pixels = pixels[:, :, 0]
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    crop_image(crop).save(buffer, format="PNG")
     return buffer.getvalue()
