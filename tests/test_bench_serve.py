@@ -46,28 +46,41 @@ def test_bench_serve_quick_prints_every_setting(model_repository, tmp_path, caps
     results = json.loads(figures.read_text())
     assert [r["batch_size"] for r in results["in_process"]] == [1, 8, 32]
     assert all(r["images_per_s"] > 0 for r in results["in_process"])
-    settings = [(r["setting"], r["concurrency"]) for r in results["served"]]
+    settings = [
+        (r["images_per_request"], r["setting"], r["concurrency"]) for r in results["served"]
+    ]
     assert settings == [
-        (setting, c) for setting in (BATCHING_ON, BATCHING_OFF, NO_OP) for c in (1, 8)
+        (size, setting, c)
+        for size in (1, 8)
+        for setting in (BATCHING_ON, BATCHING_OFF, NO_OP)
+        for c in (1, 8)
     ]
     for row in results["served"]:
         assert row["requests"] > 0 and row["errors"] == 0, row
         assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
-        if row["setting"] == BATCHING_OFF:
-            assert row["mean_batch"] == 1.0
+        if row["setting"] == BATCHING_OFF:  # each request is a batch of its own images
+            assert row["mean_batch"] == row["images_per_request"]
         elif row["setting"] == BATCHING_ON:
-            assert 1.0 <= row["mean_batch"] <= 32.0
+            assert row["images_per_request"] <= row["mean_batch"] <= 64.0
         assert any(
-            line.startswith(row["setting"]) and line.split()[-9] == str(row["requests"])
+            line.startswith(row["setting"])
+            and line.split()[-11] == str(row["images_per_request"])
+            and line.split()[-9] == str(row["requests"])
             for line in out.splitlines()
         ), row
-    best = max(results["in_process"], key=lambda r: r["images_per_s"])["batch_size"]
+    rates = {r["batch_size"]: r["images_per_s"] for r in results["in_process"]}
+    best = max(rates, key=rates.get)
     assert set(results["ratios"]) == {
-        f"served c8 batching / in-process best (batch {best})",
-        "batching on / off at c8",
-        "p99 c1 batching on - in-process single-image p50",
-        "p99 c1 batching off - in-process single-image p50",
+        f"1 img/req: served c8 batching / in-process best (batch {best})",
+        "1 img/req: batching on / off at c8",
+        "1 img/req: p99 c1 batching on - in-process single-image p50",
+        "1 img/req: p99 c1 batching off - in-process single-image p50",
+        f"8 img/req: served c8 batching / in-process best (batch {best})",
+        "8 img/req: batching on / off at c8",
     }
+    for size in (1, 8):
+        ceiling = results["ratios"][f"{size} img/req: batching on / off at c8"]["ceiling"]
+        assert ceiling == pytest.approx(rates[best] / rates[size])
     for name in results["ratios"]:
         assert name in out
 
@@ -89,9 +102,9 @@ def in_process(*rates):
     return [InProcess(batch, rate, 1.0, 2.0) for batch, rate in zip((1, 8, 32), rates)]
 
 
-def served(setting, *rows):
+def served(setting, *rows, images_per_request=1):
     return [
-        Served(setting, c, 100, rate, 1.0, 2.0, p99, 50.0, 50.0, 1.0, 0, "")
+        Served(setting, images_per_request, c, 100, rate, 1.0, 2.0, p99, 50.0, 50.0, 1.0, 0, "")
         for c, rate, p99 in rows
     ]
 
@@ -102,21 +115,50 @@ def test_ratios_compare_against_the_best_batch_and_the_top_concurrency():
         served(BATCHING_ON, (1, 500.0, 2.5), (32, 4500.0, 9.0))
         + served(BATCHING_OFF, (1, 600.0, 4.0), (32, 1000.0, 30.0)),
     )
-    assert ratios["served c32 batching / in-process best (batch 8)"] == (0.9, ">= 0.8", True, "x")
-    assert ratios["batching on / off at c32"] == (4.5, ">= 3.0", True, "x")
+    assert ratios["1 img/req: served c32 batching / in-process best (batch 8)"][:4] == (
+        0.9,
+        ">= 0.8",
+        True,
+        "x",
+    )
+    # the gain's ceiling: in-process best (5000/s at batch 8) over batch 1 (1000/s)
+    assert ratios["1 img/req: batching on / off at c32"] == (4.5, ">= 3.0", True, "x", 5.0)
     # single-image latency is the in-process batch-1 p50 (1.0 ms)
-    assert ratios["p99 c1 batching on - in-process single-image p50"] == (
+    assert ratios["1 img/req: p99 c1 batching on - in-process single-image p50"][:4] == (
         1.5,
         "<= 2.0 ms",
         True,
         " ms",
     )
-    assert ratios["p99 c1 batching off - in-process single-image p50"] == (
+    assert ratios["1 img/req: p99 c1 batching off - in-process single-image p50"][:4] == (
         3.0,
         "<= 2.0 ms",
         False,
         " ms",
     )
+
+
+def test_ratios_are_judged_for_each_request_size():
+    ratios = compute_ratios(
+        in_process(1000.0, 5000.0, 4000.0),
+        served(BATCHING_ON, (1, 500.0, 2.5), (32, 1500.0, 9.0))
+        + served(BATCHING_OFF, (1, 600.0, 4.0), (32, 1000.0, 30.0))
+        + served(BATCHING_ON, (1, 3000.0, 5.0), (32, 4200.0, 9.0), images_per_request=8)
+        + served(BATCHING_OFF, (1, 3000.0, 5.0), (32, 4000.0, 9.0), images_per_request=8),
+    )
+    assert ratios["1 img/req: served c32 batching / in-process best (batch 8)"][:3] == (
+        0.3,
+        ">= 0.8",
+        False,
+    )
+    assert ratios["8 img/req: served c32 batching / in-process best (batch 8)"][:3] == (
+        0.84,
+        ">= 0.8",
+        True,
+    )
+    # batch 8 is already the best batch: batching cannot gain anything for 8 images a request
+    assert ratios["8 img/req: batching on / off at c32"][4] == 1.0
+    assert not any(name.startswith("8 img/req: p99") for name in ratios)
 
 
 def test_ratios_without_successful_requests_are_not_judged():
@@ -125,7 +167,7 @@ def test_ratios_without_successful_requests_are_not_judged():
     for row in failed:
         row.requests = 0
     ratios = compute_ratios(in_process(1000.0, 5000.0, 4000.0), failed)
-    assert len(ratios) == 4 and all(met is None for _, _, met, _ in ratios.values())
+    assert len(ratios) == 4 and all(met is None for _, _, met, _, _ in ratios.values())
 
 
 @pytest.mark.parametrize("bad", ["0,1", "", "a"])

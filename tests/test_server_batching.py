@@ -367,7 +367,7 @@ def test_inline_submit_runs_in_the_callers_thread_only_when_the_model_is_idle():
     model.gate.open()
     held.result(WAIT_S)
     np.testing.assert_array_equal(queued.result(WAIT_S)["double"], [[2, 2]])
-    assert threads == [batcher._thread, batcher._thread]
+    assert threads == [batcher._threads[0], batcher._threads[0]]
 
     def runs_here() -> bool:  # once the batcher has released the model, the next run is inline
         alone = batcher.submit(np.full((1, 2), 4, np.float32), inline=True)
@@ -375,4 +375,36 @@ def test_inline_submit_runs_in_the_callers_thread_only_when_the_model_is_idle():
         return threads[-1] is threading.current_thread()
 
     wait_until(runs_here, "a run in the calling thread")
+    batcher.close(WAIT_S)
+
+
+def test_instances_run_that_many_batches_at_once():
+    model = FakeModel()
+    batcher = make_batcher(model, instances=2)
+    first = batcher.submit(np.ones((1, 2), np.float32))
+    wait_until(lambda: len(model.gate.calls) == 1, "the first run")
+    second = batcher.submit(np.full((2, 2), 3, np.float32))
+    wait_until(lambda: len(model.gate.calls) == 2, "a second run beside the held first")
+    third = batcher.submit(np.full((1, 2), 5, np.float32))  # both instances busy: it waits
+    assert len(batcher._queue) == 1 and len(model.gate.calls) == 2
+    model.gate.open()
+    np.testing.assert_array_equal(first.result(WAIT_S)["double"], [[2, 2]])
+    np.testing.assert_array_equal(second.result(WAIT_S)["double"], np.full((2, 2), 6))
+    np.testing.assert_array_equal(third.result(WAIT_S)["double"], [[10, 10]])
+    assert model.gate.calls == [1, 2, 1]
+    batcher.close(WAIT_S)
+    assert not any(thread.is_alive() for thread in batcher._threads)
+
+
+def test_one_instance_runs_one_batch_at_a_time():
+    model = FakeModel()
+    batcher = make_batcher(model)
+    first = batcher.submit(np.ones((1, 2), np.float32))
+    wait_until(lambda: len(model.gate.calls) == 1, "the first run")
+    second = batcher.submit(np.full((2, 2), 3, np.float32))
+    assert len(batcher._queue) == 1 and len(model.gate.calls) == 1
+    model.gate.open()
+    first.result(WAIT_S)
+    np.testing.assert_array_equal(second.result(WAIT_S)["double"], np.full((2, 2), 6))
+    assert model.gate.calls == [1, 2]
     batcher.close(WAIT_S)

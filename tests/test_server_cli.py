@@ -150,6 +150,7 @@ def test_help_documents_every_flag_with_its_default():
         "inter_op_threads",
         "graph_optimization",
         "workers",
+        "instances",
         "max_batch_size",
         "max_queue_delay_us",
         "max_queue_size",

@@ -1,14 +1,17 @@
 """`stn-serve bench serve`: the served model over gRPC against the same model in-process.
 
 Measured in one run, on one model:
-1. in-process ONNX Runtime (`OnnxModel.predict`, no gRPC) over a sweep of batch sizes: images/s
-   per batch size, and the single-image latency (batch 1);
-2. the server (`create_server` on 127.0.0.1 port 0, in this process) with dynamic batching on and
-   off, under closed-loop load at each concurrency from a separate client process
+1. in-process ONNX Runtime (`OnnxModel.predict`, no gRPC, ONNX Runtime's default threads) over a
+   sweep of batch sizes: images/s per batch size, and the single-image latency (batch 1);
+2. for each request size (`--images-per-request`, default 1 and 64 images a request): the server
+   (`create_server` on 127.0.0.1 port 0, in this process) with dynamic batching on and off,
+   under closed-loop load at each concurrency from a separate client process
    (`stn_serve.client.load`: pre-serialised raw-tensor requests, responses not parsed):
    images/s, p50/p90/p99 latency and CPU per request on each side; the same load on a bare gRPC
    server that answers a canned response shows what gRPC Python alone costs;
-3. the ratios against the targets.
+3. the ratios against the targets, per request size, each throughput ratio beside its ceiling
+   where one follows from the in-process figures (batching off runs each request as a batch of
+   its own images, so batching can gain at most in-process best / in-process at that size).
 
 Serving side: never imports torch at import time; only the default model (no --repository)
 needs it, to export a freshly initialised ST-CNN.
@@ -64,8 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--intra-op-threads",
         type=int,
-        default=0,
-        help="ONNX Runtime threads within an op; 0 = its default",
+        default=1,
+        help="the server's ONNX Runtime threads within an op; 0 = its default (the in-process "
+        "baseline always runs with ONNX Runtime's default, all cores)",
     )
     parser.add_argument(
         "--batch-sizes",
@@ -80,12 +84,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests in flight for the served measurements",
     )
     parser.add_argument(
-        "--images-per-request", type=int, default=1, help="images in each served request"
+        "--images-per-request",
+        type=_ints,
+        default=[1, 64],
+        help="images in each served request; each value is measured (and its ratios printed) "
+        "on its own",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=2,
+        help="the server's ONNX Runtime runs of the model at once (each a batch); on a CPU, "
+        "instances x intra-op threads = cores keeps every core on the model",
     )
     parser.add_argument(
         "--max-batch-size",
         type=int,
-        default=32,
+        default=64,
         help="server's dynamic batching limit when batching is on (off = 1)",
     )
     parser.add_argument(
@@ -109,7 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a few seconds in all: batch sizes 1,8,32, concurrency 1,8, 0.3 s per setting",
+        help="a few seconds in all: batch sizes 1,8,32, concurrency 1,8, 1 and 8 images per "
+        "request, 0.3 s per setting",
     )
     parser.add_argument(
         "--json", type=Path, default=None, help="also write every figure to this JSON file"
@@ -130,6 +146,7 @@ BATCHING_ON, BATCHING_OFF, NO_OP = "batching on", "batching off", "no-op handler
 @dataclass
 class Served:
     setting: str  # BATCHING_ON, BATCHING_OFF or NO_OP (gRPC alone: the floor under the server)
+    images_per_request: int
     concurrency: int
     requests: int
     images_per_s: float
@@ -244,6 +261,7 @@ def measure_load(
         results.append(
             Served(
                 setting,
+                images_per_request,
                 concurrency,
                 done,
                 rate,
@@ -283,6 +301,7 @@ def measure_served(
         max_queue_size=max(128, 2 * most),
         max_images_per_request=max(64, images_per_request),
         workers=max(32, most),
+        instances=args.instances,
     )
     server.start()
     labels = {"model": model.name, "version": str(model.version)}
@@ -353,86 +372,119 @@ def print_report(
         f"stn-serve bench serve: model {model.name} v{model.version} ({c}x{h}x{w}, "
         f"{model.spec.transform or 'no'} transform) on {provider}, {os.cpu_count()} CPU cores"
     )
-    print("in-process: OnnxModel.predict called from one thread, no gRPC")
+    print(
+        "in-process: OnnxModel.predict called from one thread, no gRPC, ONNX Runtime's default "
+        "threads"
+    )
     print(f"{'batch':>6} {'images/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for row in in_process:
         print(
             f"{row.batch_size:>6} {row.images_per_s:>10.0f} {row.p50_ms:>8.3f} {row.p99_ms:>8.3f}"
         )
     print(
-        f"served: create_server on 127.0.0.1 in this process; load from a separate process, "
-        f"{args.images_per_request} raw float32 image(s) per pre-serialised request, responses "
-        "not parsed; latency = send to answer received. batching on = max batch "
-        f"{args.max_batch_size}, queue delay {args.max_queue_delay_us} us; {NO_OP} = a bare gRPC "
-        "server answering a canned response (the floor under any Python gRPC server here)"
+        "served: create_server on 127.0.0.1 in this process; load from a separate process, "
+        "raw float32 images in pre-serialised requests (img/req of them), responses not parsed; "
+        "latency = send to answer received. batching on = max batch "
+        f"{args.max_batch_size}, queue delay {args.max_queue_delay_us} us; both with "
+        f"{args.instances} instance(s) of {args.intra_op_threads or 'default'} intra-op "
+        f"thread(s); {NO_OP} = a bare gRPC server answering a canned response of the same size "
+        "(the floor under any Python gRPC server here)"
     )
     print(
-        f"{'setting':<14} {'conc':>5} {'requests':>9} {'images/s':>10} {'p50 ms':>8} {'p90 ms':>8} "
-        f"{'p99 ms':>8} {'mean batch':>10} {'server cpu us/req':>18} {'client cpu us/req':>18} "
-        f"{'errors':>7}"
+        f"{'setting':<14} {'img/req':>7} {'conc':>5} {'requests':>9} {'images/s':>10} "
+        f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean batch':>10} "
+        f"{'server cpu us/req':>18} {'client cpu us/req':>18} {'errors':>7}"
     )
     for row in served:
         print(
-            f"{row.setting:<14} {row.concurrency:>5} {row.requests:>9} {row.images_per_s:>10.0f} "
+            f"{row.setting:<14} {row.images_per_request:>7} {row.concurrency:>5} "
+            f"{row.requests:>9} {row.images_per_s:>10.0f} "
             f"{row.p50_ms:>8.3f} {row.p90_ms:>8.3f} {row.p99_ms:>8.3f} {row.mean_batch:>10.1f} "
             f"{row.server_cpu_us:>18.0f} {row.client_cpu_us:>18.0f} {row.errors:>7}"
         )
     for row in served:
         if row.errors:
-            print(f"  errors ({row.setting}, concurrency {row.concurrency}): {row.first_error}")
-    print("ratios (target; met?)")
-    for name, (value, target, met, unit) in ratios.items():
+            print(
+                f"  errors ({row.setting}, {row.images_per_request} img/req, concurrency "
+                f"{row.concurrency}): {row.first_error}"
+            )
+    print(
+        "ratios (target; met?). ceiling: the most the ratio could be if serving cost nothing, "
+        "from the in-process figures above"
+    )
+    for name, (value, target, met, unit, ceiling) in ratios.items():
         verdict = "n/a" if met is None else ("yes" if met else "NO")
-        print(f"  {name:<56} {value:>8.2f}{unit} ({target}; {verdict})")
+        bound = "" if math.isnan(ceiling) else f"; ceiling {ceiling:.2f}{unit}"
+        print(f"  {name:<64} {value:>8.2f}{unit} ({target}; {verdict}{bound})")
 
 
-def _ratio(name: str, value: float, target: float, unit: str, measured: bool) -> tuple[str, tuple]:
+def _ratio(
+    name: str, value: float, target: float, unit: str, measured: bool, ceiling: float = math.nan
+) -> tuple[str, tuple]:
     """One ratio entry; `met` is None when an input had no successful request."""
     if unit == " ms":  # a latency overhead: at most the target
         text, met = f"<= {target} ms", value <= target
     else:  # a throughput ratio: at least the target
         text, met = f">= {target}", value >= target
-    return name, (value if measured else float("nan"), text, met if measured else None, unit)
+    return name, (
+        value if measured else float("nan"),
+        text,
+        met if measured else None,
+        unit,
+        ceiling,
+    )
 
 
 def compute_ratios(in_process: list[InProcess], served: list[Served]) -> dict:
-    """name -> (value, target text, met or None when not measured, unit)."""
+    """name -> (value, target text, met or None when not measured, unit, ceiling or nan), for
+    each request size measured.
+
+    The batching gain's ceiling: with batching off each request runs as one batch of its own
+    images, so even free serving gains at most in-process best / in-process at that batch size.
+    """
     best = max(in_process, key=lambda r: r.images_per_s)
-    single = next((r for r in in_process if r.batch_size == 1), None)
-    top = max(r.concurrency for r in served)
-    on = {r.concurrency: r for r in served if r.setting == BATCHING_ON}
-    off = {r.concurrency: r for r in served if r.setting == BATCHING_OFF}
-    ratios = dict(
-        [
-            _ratio(
-                f"served c{top} batching / in-process best (batch {best.batch_size})",
-                on[top].images_per_s / best.images_per_s,
-                TARGET_SERVED_VS_INPROCESS,
-                "x",
-                on[top].requests > 0,
-            ),
-            _ratio(
-                f"batching on / off at c{top}",
-                on[top].images_per_s / max(off[top].images_per_s, 1e-9),
-                TARGET_BATCHING_GAIN,
-                "x",
-                on[top].requests > 0 and off[top].requests > 0,
-            ),
-        ]
-    )
-    if single is not None and 1 in on:
-        for mode, rows in (("on", on), ("off", off)):
-            ratios.update(
-                [
-                    _ratio(
-                        f"p99 c1 batching {mode} - in-process single-image p50",
-                        rows[1].p99_ms - single.p50_ms,
-                        TARGET_P99_OVERHEAD_MS,
-                        " ms",
-                        rows[1].requests > 0,
-                    )
-                ]
-            )
+    by_batch = {r.batch_size: r for r in in_process}
+    single = by_batch.get(1)
+    ratios: dict = {}
+    for size in sorted({r.images_per_request for r in served}):
+        rows = [r for r in served if r.images_per_request == size]
+        top = max(r.concurrency for r in rows)
+        on = {r.concurrency: r for r in rows if r.setting == BATCHING_ON}
+        off = {r.concurrency: r for r in rows if r.setting == BATCHING_OFF}
+        own = by_batch.get(size)
+        ratios.update(
+            [
+                _ratio(
+                    f"{size} img/req: served c{top} batching / in-process best (batch "
+                    f"{best.batch_size})",
+                    on[top].images_per_s / best.images_per_s,
+                    TARGET_SERVED_VS_INPROCESS,
+                    "x",
+                    on[top].requests > 0,
+                ),
+                _ratio(
+                    f"{size} img/req: batching on / off at c{top}",
+                    on[top].images_per_s / max(off[top].images_per_s, 1e-9),
+                    TARGET_BATCHING_GAIN,
+                    "x",
+                    on[top].requests > 0 and off[top].requests > 0,
+                    best.images_per_s / own.images_per_s if own else math.nan,
+                ),
+            ]
+        )
+        if single is not None and size == 1 and 1 in on:
+            for mode, by_concurrency in (("on", on), ("off", off)):
+                ratios.update(
+                    [
+                        _ratio(
+                            f"{size} img/req: p99 c1 batching {mode} - in-process single-image p50",
+                            by_concurrency[1].p99_ms - single.p50_ms,
+                            TARGET_P99_OVERHEAD_MS,
+                            " ms",
+                            by_concurrency[1].requests > 0,
+                        )
+                    ]
+                )
     return ratios
 
 
@@ -441,35 +493,40 @@ def run(args) -> int:
 
     if args.quick:
         args.batch_sizes, args.concurrency = [1, 8, 32], [1, 8]
+        args.images_per_request = [1, 8]
         args.duration_s, args.max_requests = 0.3, min(args.max_requests, 2000)
+    # Each request size's own batch size is the baseline of its batching gain.
+    args.batch_sizes = sorted({*args.batch_sizes, *args.images_per_request})
+    # The baseline gets ONNX Runtime's own default threading, whatever the server is set to: a
+    # server setting must not also shrink what it is compared with.
+    baseline_options = RuntimeOptions(device=args.device)
     runtime_options = RuntimeOptions(device=args.device, intra_op_threads=args.intra_op_threads)
     with tempfile.TemporaryDirectory(prefix="stn-bench-") as scratch:
         repository, name = (
             (args.repository, args.model) if args.repository else default_repository(Path(scratch))
         )
-        loaded = ModelRepository(repository, runtime_options).load()
+        loaded = ModelRepository(repository, baseline_options).load()
         model = loaded.get(name, args.version)
         in_process = measure_in_process(model, args.batch_sizes, args.duration_s, args.max_requests)
-        payload, answer = payloads(model, args.images_per_request)
+        requests = {size: payloads(model, size) for size in args.images_per_request}
         provider = model.provider
         loaded.unload()
+        served = []
         # spawn: a forked child would inherit gRPC's threads and the server's state.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:
-            served = [
-                row
-                for batching in (True, False)
-                for row in measure_served(
-                    repository,
-                    model,
-                    runtime_options,
-                    payload,
-                    args.images_per_request,
-                    batching,
-                    args,
-                    clients,
-                )
-            ]
-            served += measure_no_op(answer, payload, args.images_per_request, args, clients)
+            for size, (payload, answer) in requests.items():
+                for batching in (True, False):
+                    served += measure_served(
+                        repository,
+                        model,
+                        runtime_options,
+                        payload,
+                        size,
+                        batching,
+                        args,
+                        clients,
+                    )
+                served += measure_no_op(answer, payload, size, args, clients)
     ratios = compute_ratios(in_process, served)
     print_report(model, provider, in_process, served, args, ratios)
     if args.json:
@@ -480,8 +537,13 @@ def run(args) -> int:
                     "in_process": [_json_row(r) for r in in_process],
                     "served": [_json_row(r) for r in served],
                     "ratios": {
-                        k: {"value": None if math.isnan(v) else v, "target": t, "met": m}
-                        for k, (v, t, m, _) in ratios.items()
+                        k: {
+                            "value": None if math.isnan(v) else v,
+                            "target": t,
+                            "met": m,
+                            "ceiling": None if math.isnan(c) else c,
+                        }
+                        for k, (v, t, m, _, c) in ratios.items()
                     },
                     "settings": {
                         k: v

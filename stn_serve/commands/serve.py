@@ -68,6 +68,13 @@ def add_parser(subparsers, parents):
         help="gRPC handler threads (each in-flight request holds one)",
     )
     add(
+        "--instances",
+        type=int,
+        default=1,
+        help="ONNX Runtime runs of one model version at once (each a batch); on a CPU, "
+        "instances x --intra-op-threads should not exceed the cores",
+    )
+    add(
         "--max-batch-size",
         type=int,
         default=32,
@@ -117,6 +124,7 @@ def run(args) -> int:
         max_images_per_request=args.max_images_per_request,
         max_message_mb=args.max_message_mb,
         workers=args.workers,
+        instances=args.instances,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         metrics_host=args.host,
     )

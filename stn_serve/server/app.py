@@ -113,7 +113,11 @@ def create_server(
 
     metrics = Metrics()
     dispatcher = Dispatcher(
-        metrics, options.max_batch_size, options.max_queue_delay_us, options.max_queue_size
+        metrics,
+        options.max_batch_size,
+        options.max_queue_delay_us,
+        options.max_queue_size,
+        options.instances,
     )
     max_bytes = int(options.max_message_mb * 1024 * 1024)
     grpc_server = grpc.server(

@@ -1,15 +1,17 @@
 """Dynamic batching: concurrent requests for one model version are merged into one ONNX Runtime run.
 
-Each model version has a `Batcher` with a bounded queue and one thread. The thread takes the
-oldest request, then lets later ones join until the batch holds `max_batch_size` images or the
-oldest has waited `max_queue_delay_us`, runs the model once and hands each request its slice of
-the outputs. Requests arrive already validated and decoded, so one bad request cannot fail a batch.
+Each model version has a `Batcher` with a bounded queue and `instances` threads, each able to run
+one batch at a time (ONNX Runtime sessions take concurrent runs). One thread at a time gathers:
+it takes the oldest request, then lets later ones join until the batch holds `max_batch_size`
+images or the oldest has waited `max_queue_delay_us`, runs the model once and hands each request
+its slice of the outputs. Requests arrive already validated and decoded, so one bad request
+cannot fail a batch.
 
 A batch waits only while another request for the model is being decoded (it will join within
 moments); with none on the way it runs at once, so a lone request never pays the queue delay.
 A request that finds the model idle, nothing queued and nothing on the way may run in the
-caller's own thread (`inline=True`), sparing two thread hand-offs; one run at a time per model
-either way.
+caller's own thread (`inline=True`), sparing two thread hand-offs; at most `instances` runs at a
+time per model either way.
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_us: int,
         max_queue_size: int,
+        instances: int = 1,
     ):
         self.model = model
+        self.instances = instances
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
@@ -68,15 +72,27 @@ class Batcher:
         self._batch_size = metrics.batch_size.labels(**labels)
         self._depth = metrics.queue_depth.labels(**labels)
         self._queue: collections.deque[Pending] = collections.deque()
-        self._condition = threading.Condition()
+        # One lock, two conditions: idle threads wait for work on `_condition`; the gathering
+        # thread waits for its batch to fill on `_filling`, so a wake-up meant for it never
+        # lands on an idle thread.
+        lock = threading.RLock()
+        self._condition = threading.Condition(lock)
+        self._filling = threading.Condition(lock)
         self._closed = False
         self._arriving = 0  # requests being decoded for this model, not yet submitted
-        self._busy = False  # a batch is being gathered or run
-        self._room = 0  # while the batcher thread waits for a batch to fill: images it still takes
-        self._thread = threading.Thread(
-            target=self._loop, name=f"batcher-{model.name}-{model.version}", daemon=True
-        )
-        self._thread.start()
+        self._gathering = False  # a thread is gathering the next batch
+        self._running = 0  # batches being run (by batcher threads or inline)
+        self._room = 0  # while a batch waits to fill: images it still takes
+        self._threads = [
+            threading.Thread(
+                target=self._loop,
+                name=f"batcher-{model.name}-{model.version}-{index}",
+                daemon=True,
+            )
+            for index in range(instances)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(
         self, images: np.ndarray, deadline: float | None = None, inline: bool = False
@@ -122,9 +138,13 @@ class Batcher:
                     f"queue of model {self.model.name} version {self.model.version} is full "
                     f"({self.max_queue_size} requests waiting); retry later"
                 )
-            inline = inline and not (self._busy or self._queue or self._arriving)
+            inline = (
+                inline
+                and self._running < self.instances
+                and not (self._gathering or self._queue or self._arriving)
+            )
             if inline:
-                self._busy = True
+                self._running += 1
             else:
                 self._queue.append(pending)
                 self._depth.set(len(self._queue))
@@ -134,13 +154,14 @@ class Batcher:
         return pending.future
 
     def _wake_batcher(self) -> None:
-        """Wake the batcher thread (the caller holds the condition) only when it has something to
-        do: take queued requests to an idle model, or stop waiting for a batch to fill once no
-        request is being decoded or enough are queued. Every other wake-up would cost a pair of
-        context switches per request for nothing (the end of each run wakes it anyway)."""
-        if not self._busy or (
-            self._room and (not self._arriving or len(self._queue) >= self._room)
-        ):
+        """Wake a batcher thread (the caller holds the lock) only when it has something to do:
+        start gathering queued requests for a free instance, or stop waiting for a batch to fill
+        once no request is being decoded or enough are queued. Every other wake-up would cost a
+        pair of context switches per request for nothing (the end of each run wakes one anyway)."""
+        if self._gathering:
+            if self._room and (not self._arriving or len(self._queue) >= self._room):
+                self._filling.notify()
+        elif self._running < self.instances:
             self._condition.notify()
 
     def _join_queued(self, batch: list[Pending], size: int) -> int:
@@ -155,11 +176,11 @@ class Batcher:
     def _next_batch(self) -> list[Pending] | None:
         """Block for the oldest request, then gather the ones that may join it; None once closed and drained."""
         with self._condition:
-            while self._busy or not self._queue:
-                if self._closed and not self._busy and not self._queue:
+            while self._gathering or self._running >= self.instances or not self._queue:
+                if self._closed and not self._queue:
                     return None
                 self._condition.wait()
-            self._busy = True
+            self._gathering = True
             batch = [self._queue.popleft()]
             size = len(batch[0].images)
             flush_at = batch[0].enqueued + self.max_queue_delay_s
@@ -170,8 +191,12 @@ class Batcher:
                 if remaining <= 0 or self._closed or not self._arriving:
                     break
                 self._room = self.max_batch_size - size
-                self._condition.wait(remaining)
+                self._filling.wait(remaining)
                 self._room = 0
+            self._gathering = False
+            self._running += 1
+            if self._queue and self._running < self.instances:
+                self._condition.notify()  # the rest can start gathering on a free instance
             return batch
 
     def _loop(self) -> None:
@@ -183,8 +208,8 @@ class Batcher:
             self._run(batch)
         finally:
             with self._condition:
-                self._busy = False
-                self._condition.notify_all()
+                self._running -= 1
+                self._condition.notify()
 
     def _run(self, batch: list[Pending]) -> None:
         now = time.monotonic()
@@ -227,11 +252,13 @@ class Batcher:
         with self._condition:
             self._closed = True
             self._condition.notify_all()
+            self._filling.notify_all()
 
     def close(self, timeout: float | None = None) -> None:
-        """Refuse new requests, run the queued ones, and stop the thread."""
+        """Refuse new requests, run the queued ones, and stop the threads."""
         self.drain()
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
 
 def time_remaining(context) -> float | None:
@@ -245,9 +272,16 @@ def time_remaining(context) -> float | None:
 class Dispatcher:
     """One `Batcher` per model version, created on first use."""
 
-    def __init__(self, metrics, max_batch_size: int, max_queue_delay_us: int, max_queue_size: int):
+    def __init__(
+        self,
+        metrics,
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        max_queue_size: int,
+        instances: int = 1,
+    ):
         self._metrics = metrics
-        self._settings = (max_batch_size, max_queue_delay_us, max_queue_size)
+        self._settings = (max_batch_size, max_queue_delay_us, max_queue_size, instances)
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self._lock = threading.Lock()
         self._accepting = True

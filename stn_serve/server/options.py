@@ -15,6 +15,7 @@ class ServerOptions:
     max_images_per_request: more images in one request is RESOURCE_EXHAUSTED.
     max_message_mb: largest request message accepted (grpc max_receive_message_length).
     workers: gRPC handler threads (each in-flight request holds one).
+    instances: ONNX Runtime runs of one model version that may go on at once.
     metrics_port: port of the Prometheus endpoint; 0 picks a free one, None serves none.
     metrics_host: address the Prometheus endpoint binds.
     """
@@ -25,11 +26,18 @@ class ServerOptions:
     max_images_per_request: int = 64
     max_message_mb: float = 16.0
     workers: int = 32
+    instances: int = 1
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
 
     def __post_init__(self):
-        for name in ("max_batch_size", "max_queue_size", "max_images_per_request", "workers"):
+        for name in (
+            "max_batch_size",
+            "max_queue_size",
+            "max_images_per_request",
+            "workers",
+            "instances",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_queue_delay_us < 0:
