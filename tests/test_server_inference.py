@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import re
 
 import grpc
@@ -202,3 +203,49 @@ def test_tritonclient_reports_errors_with_the_server_message(client):
         client.infer("digits", [image])
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_metadata("nope")
+
+
+def test_stream_infer_answers_in_order_and_goes_on_after_a_bad_request(repository, digits_images):
+    """tritonclient's start_stream / async_stream_infer: each request gets its answer in order; a
+    bad one gets its error and the requests after it are still answered."""
+    results = queue.Queue()
+    with running_server(repository, metrics_port=0) as (server, port):
+        client = tritonclient.InferenceServerClient(f"127.0.0.1:{port}")
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        sent = []
+        for index, image in enumerate(digits_images):
+            if index == 2:
+                wrong = tritonclient.InferInput("image", [1, 3, 28, 28], "FP32")
+                wrong.set_data_from_numpy(np.zeros((1, 3, 28, 28), np.float32))
+                client.async_stream_infer("digits", [wrong], request_id="bad")
+                sent.append(None)
+            one = tritonclient.InferInput("image", [1, *DIGITS_SHAPE], "FP32")
+            one.set_data_from_numpy(image[None])
+            client.async_stream_infer("digits", [one], request_id=f"r{index}")
+            sent.append(index)
+        client.stop_stream()  # half-closes the stream and waits for every answer
+        client.close()
+        answered = [results.get(timeout=30) for _ in sent]
+        assert results.empty()
+        model = repository.get("digits")
+        for index, (result, error) in zip(sent, answered):
+            if index is None:
+                assert result is None
+                assert re.search(r"\[INVALID_ARGUMENT\] .*expected \[N, 1, 28, 28\]", str(error))
+                continue
+            assert error is None, error
+            assert result.get_response().id == f"r{index}"
+            np.testing.assert_allclose(
+                result.as_numpy("probabilities"),
+                model.predict(digits_images[index][None])["probabilities"],
+                rtol=1e-5,
+                atol=1e-6,
+            )
+        counts = {
+            code: server.metrics.sample(
+                "stn_requests_total",
+                {"method": "ModelStreamInfer", "model": "digits", "code": code},
+            )
+            for code in ("OK", "INVALID_ARGUMENT")
+        }
+        assert counts == {"OK": len(digits_images), "INVALID_ARGUMENT": 1}

@@ -13,7 +13,8 @@ from stn_serve._proto.inference import grpc_service_pb2_grpc
 from stn_serve.errors import InvalidInputError, NotFoundError
 from stn_serve.runtime import INPUT_NAME, OUTPUT_NAMES
 from stn_serve.server.images import check_count, check_pixels
-from stn_serve.server.status import answering
+from stn_serve.server.status import Call, answering, counted
+from stn_serve.server.streams import started_in_order
 
 SERVER_NAME = "stn-serve"
 PLATFORM = "onnxruntime_onnx"
@@ -123,13 +124,16 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 ],
             )
 
-    def ModelInfer(self, request, context):
-        with answering(context, self.metrics, "ModelInfer") as call:
-            model = self.repository.get(request.model_name, parse_version(request.model_version))
-            call.model = model.name
-            names = requested_outputs(request)
-            with self.dispatcher.arrival(model, context, inline=True) as submit:
-                future = submit(input_images(request, model.spec.input_shape, self.max_images))
+    def _start(self, request: pb.ModelInferRequest, context, call: Call, inline: bool):
+        """Validate, decode and queue one request (or, with `inline`, run it here if the model
+        is idle); returns a function that waits for its outputs and builds the response."""
+        model = self.repository.get(request.model_name, parse_version(request.model_version))
+        call.model = model.name
+        names = requested_outputs(request)
+        with self.dispatcher.arrival(model, context, inline) as submit:
+            future = submit(input_images(request, model.spec.input_shape, self.max_images))
+
+        def finish() -> pb.ModelInferResponse:
             outputs = self.dispatcher.result(model, future, context)
             response = pb.ModelInferResponse(
                 model_name=model.name, model_version=str(model.version), id=request.id
@@ -139,3 +143,28 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 response.outputs.add(name=name, datatype="FP32", shape=value.shape)
                 response.raw_output_contents.append(value.tobytes())
             return response
+
+        return finish
+
+    def ModelInfer(self, request, context):
+        with answering(context, self.metrics, "ModelInfer") as call:
+            return self._start(request, context, call, inline=True)()
+
+    def ModelStreamInfer(self, request_iterator, context):
+        """As Triton does: one response per request, in request order, and a request that fails
+        is answered with its error_message while the stream goes on."""
+
+        def start(request, call):
+            # Never inline: the reader must keep reading while the model runs.
+            return self._start(request, context, call, inline=False)
+
+        for call, finish in started_in_order(request_iterator, context, start, stop_at_error=False):
+            try:
+                with counted(self.metrics, "ModelStreamInfer", call):
+                    response = finish()
+            except Exception:  # noqa: BLE001 - counted and logged; answered in-band below
+                yield pb.ModelStreamInferResponse(
+                    error_message=f"[{call.code.name}] {call.message}"
+                )
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=response)

@@ -39,33 +39,52 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 class Call:
-    """What `answering` records about one RPC (or one message of a stream): when it arrived, and
-    the model, which the handler sets once it knows it."""
+    """What `counted` records about one RPC (or one message of a stream): when it arrived, the
+    model, which the handler sets once it knows it, and the status it was answered with."""
 
     def __init__(self):
         self.model = ""
         self.start = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.message = ""
 
 
 @contextlib.contextmanager
-def answering(context, metrics, method: str, call: Call | None = None):
-    """Answer one RPC (or one message of a stream): abort with the mapped status on error, and
-    count it and time it by method, model and code. Only known model names become metric labels,
-    so clients cannot grow the label set."""
+def counted(metrics, method: str, call: Call | None = None):
+    """Count and time one RPC (or one message of a stream) by method, model and status code, and
+    log a refusal or an unexpected error. The error goes on, its mapped status in `call.code` and
+    `call.message`. Only known model names become metric labels, so clients cannot grow the
+    label set."""
     call = call or Call()
-    code = grpc.StatusCode.OK
     try:
         yield call
     except Exception as error:
-        code, message = status_of(error)
-        if code == grpc.StatusCode.INTERNAL:
+        call.code, call.message = status_of(error)
+        if call.code == grpc.StatusCode.INTERNAL:
             log.exception("unexpected error", extra={"method": method, "model": call.model})
         else:
             log.info(
                 "request refused",
-                extra={"method": method, "model": call.model, "code": code.name, "reason": message},
+                extra={
+                    "method": method,
+                    "model": call.model,
+                    "code": call.code.name,
+                    "reason": call.message,
+                },
             )
-        context.abort(code, message)
+        raise
     finally:
-        metrics.requests.labels(method, call.model, code.name).inc()
+        metrics.requests.labels(method, call.model, call.code.name).inc()
         metrics.latency.labels(method, call.model).observe(time.perf_counter() - call.start)
+
+
+@contextlib.contextmanager
+def answering(context, metrics, method: str, call: Call | None = None):
+    """Answer one RPC (or one message of a stream) under `counted`, aborting it with the mapped
+    status on error."""
+    call = call or Call()
+    try:
+        with counted(metrics, method, call):
+            yield call
+    except Exception:  # noqa: BLE001 - every error becomes the RPC's status
+        context.abort(call.code, call.message)

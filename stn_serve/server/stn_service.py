@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import math
-import queue
-import threading
 
-import grpc
 import numpy as np
 
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.errors import InvalidInputError
 from stn_serve.server.images import check_count, decode_encoded, decode_raw, encode_png
 from stn_serve.server.status import Call, answering
+from stn_serve.server.streams import started_in_order
 
 DEFAULT_TOP_K = 5
-# Requests of one stream that may be started (decoded, queued) ahead of the response being sent.
-STREAM_WINDOW = 64
 DTYPES = {stn_pb2.DATA_TYPE_UINT8: "uint8", stn_pb2.DATA_TYPE_FLOAT32: "float32"}
 
 
@@ -91,35 +86,6 @@ def describe(model, versions: list[int]) -> stn_pb2.ModelDescription:
     )
 
 
-def _reraise(error: Exception):
-    raise error
-
-
-# How often a stream's threads look whether the RPC has ended while they wait on each other.
-POLL_S = 0.1
-
-
-def _put_while_active(items: queue.Queue, item, context) -> bool:
-    """Put `item` unless the RPC ends first (then nobody would take it); returns whether it was put."""
-    while context.is_active():
-        try:
-            items.put(item, timeout=POLL_S)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _take_while_active(items: queue.Queue, context):
-    """The next item, or None once the RPC has ended (the reader may never put another)."""
-    while context.is_active():
-        try:
-            return items.get(timeout=POLL_S)
-        except queue.Empty:
-            continue
-    return None
-
-
 def response_for(
     request, model, top_k: int, outputs: dict[str, np.ndarray]
 ) -> stn_pb2.PredictResponse:
@@ -184,35 +150,15 @@ class StnServicer(stn_pb2_grpc.StnServiceServicer):
     def PredictStream(self, request_iterator, context):
         """Requests are queued as they arrive, so those in flight on one stream can share a batch;
         responses keep the request order. A bad request ends the stream with its status."""
-        started: queue.Queue = queue.Queue(maxsize=STREAM_WINDOW)
-        reader = threading.Thread(
-            target=self._read_stream, args=(request_iterator, context, started), daemon=True
-        )
-        reader.start()
-        while (item := _take_while_active(started, context)) is not None:
-            call, finish = item
+
+        def start(request, call):
+            # Never inline: the reader must keep reading while the model runs.
+            return self._start(request, context, call, inline=False)
+
+        for call, finish in started_in_order(request_iterator, context, start, stop_at_error=True):
             with answering(context, self.metrics, "PredictStream", call):
                 response = finish()
             yield response
-
-    def _read_stream(self, request_iterator, context, started: queue.Queue) -> None:
-        """Start each request of a stream as it arrives. A request that fails to start is handed
-        on in its turn and ends the reading, so the requests before it are answered first."""
-        try:
-            for request in request_iterator:
-                call = Call()
-                try:
-                    # Never inline: the reader must keep reading while the model runs.
-                    finish = self._start(request, context, call, inline=False)
-                except Exception as error:  # noqa: BLE001 - answered in order by PredictStream
-                    _put_while_active(started, (call, functools.partial(_reraise, error)), context)
-                    return
-                if not _put_while_active(started, (call, finish), context):
-                    return
-        except grpc.RpcError:
-            return  # the client cancelled or the stream broke: nothing is left to answer
-        finally:
-            _put_while_active(started, None, context)
 
     def ListModels(self, request, context):
         with answering(context, self.metrics, "ListModels"):
