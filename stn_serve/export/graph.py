@@ -4,6 +4,7 @@ functions (see `stn_serve.export.translation`)."""
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -89,7 +90,12 @@ def to_onnx(
     batch = torch.export.Dim("batch")
     # Without gradients the custom layer runs its inference op, stn::grid_sample, which the
     # translation table maps (its training variant also returns the backward's context).
-    with torch.no_grad():
+    # torch's own decomposition step uses a pytree check it has deprecated and says so on every
+    # export; nothing this project passes changes that.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning
+        )
         program = torch.onnx.export(
             module.eval(),
             example_inputs,
