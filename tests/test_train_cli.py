@@ -208,3 +208,17 @@ def test_bad_size_flags_are_refused(text, capsys):
 def test_size_flags_accept_one_or_two_numbers():
     args = build_parser().parse_args(["train", "--crop-size", "28", "--image-size", "32x48"])
     assert args.crop_size == (28, 28) and args.image_size == (32, 48)
+
+
+def test_bench_accuracy_quick_keeps_the_flags_a_user_set():
+    from stn_serve.bench.accuracy import QUICK, _settings
+    from stn_serve.cli import build_parser
+
+    def settings(*flags):
+        return _settings(build_parser().parse_args(["bench", "accuracy", "--quick", *flags]))
+
+    defaults = settings()
+    assert {name: getattr(defaults, name) for name in QUICK} == QUICK
+    chosen = settings("--depth", "4", "--epochs", "2", "--data", "mnist")
+    assert (chosen.depth, chosen.epochs, chosen.data) == (4, 2, "mnist")
+    assert chosen.batch_size == QUICK["batch_size"]

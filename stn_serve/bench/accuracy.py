@@ -50,12 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> argparse.Namespace:
-    """The flags with --quick's values put in wherever a flag was left at its full-run default."""
+    """The flags with --quick's values put in wherever a flag was left at its full-run default
+    (FULL's, else the training flags' own)."""
     if not args.quick:
         return args
+    from stn_serve.train.options import DEFAULTS
+
     values = vars(args).copy()
     for name, value in QUICK.items():
-        if values[name] == FULL.get(name, values[name]):
+        if values[name] == FULL.get(name, getattr(DEFAULTS, name)):
             values[name] = value
     return argparse.Namespace(**values)
 
