@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from stn_serve.errors import StnServeError
+
 # Order is the order shown in `stn-serve --help`.
 COMMANDS = ["train", "visualize", "export", "serve", "predict", "batch", "bench", "demo"]
 
@@ -52,11 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as error:  # noqa: BLE001 - the CLI's one place to turn errors into exit codes
-        from stn_serve.errors import StnServeError
-
-        if isinstance(error, StnServeError):
-            logging.getLogger("stn_serve").error("%s", error)
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        raise
+    except StnServeError as error:  # the CLI's one place to turn errors into exit codes
+        logging.getLogger("stn_serve").error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        return 2

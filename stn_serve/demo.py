@@ -112,7 +112,6 @@ def draw(images: np.ndarray, predictions, labels: np.ndarray, classes: list[str]
 def run_demo(settings: DemoSettings) -> DemoResult:
     from stn_serve.client import Client
     from stn_serve.export import export_checkpoint
-    from stn_serve.export.graph import quiet_exporter_logs
     from stn_serve.server import create_server
     from stn_serve.train import TrainConfig, fit
 
@@ -139,7 +138,6 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     print(f"      test accuracy {test_accuracy:.1%}")
 
     print("[2/5] exporting the best checkpoint to ONNX, verified against torch")
-    quiet_exporter_logs()
     model_dir = export_checkpoint(trained.best_checkpoint, settings.repository, MODEL_NAME)
 
     print("[3/5] starting the gRPC server on 127.0.0.1")

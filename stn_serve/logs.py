@@ -7,9 +7,19 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
+# Libraries that speak too much at INFO: the ONNX exporter's graph passes report every rewrite and
+# folded constant, and torch's op registry warns on every export that torchvision's ops (which
+# this project does not use) are skipped.
+QUIETER_LOGGERS = {
+    "onnx_ir": logging.WARNING,
+    "onnxscript": logging.WARNING,
+    "torch.onnx._internal.exporter._registration": logging.ERROR,
+}
+
 
 def configure_logging(level: str = "INFO") -> None:
-    """Send every `stn_serve` log record to stderr as JSON (timestamp, level, logger, message, extras)."""
+    """Send every log record (the root logger's) to stderr as JSON (timestamp, level, logger,
+    message, extras), with the libraries in QUIETER_LOGGERS held to their level."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(
@@ -20,3 +30,5 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name, quieter in QUIETER_LOGGERS.items():
+        logging.getLogger(name).setLevel(quieter)

@@ -126,19 +126,17 @@ def test_batch_via_server_matches_local(model_repository, image_folder, tmp_path
         "--progress",
         "off",
     ]
-    main(
-        [
-            "batch",
-            *common,
-            "--out",
-            str(local_out),
-            "--repository",
-            str(model_repository),
-            "--device",
-            "cpu",
-        ]
-    )
-    local = check_first_run(local_out, 1, capsys)
+    local_argv = [
+        "batch",
+        *common,
+        "--out",
+        str(local_out),
+        "--repository",
+        str(model_repository),
+        "--device",
+        "cpu",
+    ]
+    local = check_first_run(local_out, main(local_argv), capsys)
     out = tmp_path / "remote"
     with running_server(model_repository) as (_, port):
         argv = ["batch", *common, "--out", str(out), "--server", f"127.0.0.1:{port}"]

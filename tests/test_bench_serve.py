@@ -170,10 +170,14 @@ def test_ratios_without_successful_requests_are_not_judged():
     assert len(ratios) == 4 and all(met is None for _, _, met, _, _ in ratios.values())
 
 
+@pytest.mark.parametrize("flag", ["--batch-sizes", "--concurrency", "--images-per-request"])
 @pytest.mark.parametrize("bad", ["0,1", "", "a"])
-def test_list_flags_reject_bad_values(bad, capsys):
-    with pytest.raises(SystemExit):
-        main(["bench", "serve", "--batch-sizes", bad])
+def test_list_flags_reject_bad_values(flag, bad, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "serve", flag, bad])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {flag}" in error, error
 
 
 def test_closed_loop_sends_exactly_the_bounded_number_of_requests():

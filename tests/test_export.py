@@ -19,11 +19,12 @@ from stn_serve.export import (
     export_model,
     exporter,
 )
-from stn_serve.export.graph import OUTPUT_NAMES, ServingGraph
+from stn_serve.export.graph import ServingGraph
 from stn_serve.export.parity import TOLERANCES, Tolerance, compare
 from stn_serve.export.repository import choose_version, existing_versions, publish
 from stn_serve.export.session import cpu_session, run
 from stn_serve.models import ModelConfig, build_model
+from stn_serve.runtime import OUTPUT_NAMES
 from stn_serve.runtime.spec import parse_spec
 from stn_serve.train.checkpoint import save_checkpoint
 

@@ -24,13 +24,14 @@ from stn_serve.export.gradients import (
     TransformerForward,
     autograd_reference,
 )
-from stn_serve.export.graph import OUTPUT_NAMES, ServingGraph, to_onnx
+from stn_serve.export.graph import ServingGraph, to_onnx
 from stn_serve.export.parity import GRADIENT_TOLERANCES, TOLERANCES, compare
 from stn_serve.export.session import cpu_session, run
 from stn_serve.models import ModelConfig, build_model
+from stn_serve.ops import PADDING_MODES
 from stn_serve.ops.transforms import TRANSFORMS
+from stn_serve.runtime import OUTPUT_NAMES
 
-PADDING_MODES = ("zeros", "border", "reflection")
 BATCH_SIZES = (1, 3, 17)
 # Non-square input and crop of different sizes, so that a height/width mix-up shows.
 INPUT_SIZE = (28, 32)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from stn_serve import codegen
 
 COMMITTED = Path(codegen.__file__).parent / "_proto"
@@ -58,7 +56,8 @@ def _fields(message) -> dict:
 
 def test_inference_protocol_matches_tritonclient():
     """Every message and method stn-serve defines is wire-identical to Triton's definition."""
-    service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
+    from tritonclient.grpc import service_pb2
+
     from stn_serve._proto.inference import grpc_service_pb2
 
     ours, theirs = grpc_service_pb2.DESCRIPTOR, service_pb2.DESCRIPTOR
@@ -77,7 +76,6 @@ def test_inference_protocol_matches_tritonclient():
 
 def test_generated_code_loads_beside_tritonclient():
     """Our descriptors live in their own pool, so both copies of `inference` load in one process."""
-    pytest.importorskip("tritonclient.grpc")
     from tritonclient.grpc import service_pb2
 
     from stn_serve._proto.inference import grpc_service_pb2

@@ -395,16 +395,3 @@ def test_instances_run_that_many_batches_at_once():
     batcher.close(WAIT_S)
     assert not any(thread.is_alive() for thread in batcher._threads)
 
-
-def test_one_instance_runs_one_batch_at_a_time():
-    model = FakeModel()
-    batcher = make_batcher(model)
-    first = batcher.submit(np.ones((1, 2), np.float32))
-    wait_until(lambda: len(model.gate.calls) == 1, "the first run")
-    second = batcher.submit(np.full((2, 2), 3, np.float32))
-    assert len(batcher._queue) == 1 and len(model.gate.calls) == 1
-    model.gate.open()
-    first.result(WAIT_S)
-    np.testing.assert_array_equal(second.result(WAIT_S)["double"], np.full((2, 2), 6))
-    assert model.gate.calls == [1, 2]
-    batcher.close(WAIT_S)

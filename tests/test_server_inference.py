@@ -8,13 +8,12 @@ import re
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as tritonclient
 from conftest import DIGITS_SHAPE, running_server
-
-from stn_serve.runtime import ModelRepository, RuntimeOptions
-
-tritonclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
+
+from stn_serve.runtime import ModelRepository, RuntimeOptions
 
 OUTPUTS = ["logits", "probabilities", "crop", "theta"]
 

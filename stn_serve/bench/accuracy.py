@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             f"{name:<8}{row['parameters']:>12d}{row['test_accuracy']:>10.4f}"
             f"{100 * row['test_error']:>9.2f}%{row['wall_seconds']:>9.1f}"
         )
+    print(f"both models: {sum(row['wall_seconds'] for row in results.values()):.1f} s wall")
     print(
         f"error ratio ST-CNN / CNN: {ratio:.3f} (target <= {TARGET_ERROR_RATIO}; paper, RTS MNIST: 0.5/0.8 = 0.625)"
     )

@@ -73,15 +73,15 @@ def run(args) -> int:
     import onnxruntime
     import torch
 
-    from stn_serve.export.graph import OUTPUT_NAMES, ServingGraph, quiet_exporter_logs, to_onnx
-    from stn_serve.export.session import CPU
+    from stn_serve.export.graph import ServingGraph, to_onnx
+    from stn_serve.runtime.providers import CPU
+    from stn_serve.runtime.spec import INPUT_NAME, OUTPUT_NAMES
 
     if args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         raise InvalidInputError(
             f"--repeats and --batch-sizes must be >= 1 and --warmup >= 0, got {args.repeats}, "
             f"{args.batch_sizes} and {args.warmup}"
         )
-    quiet_exporter_logs()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -91,7 +91,7 @@ def run(args) -> int:
     generator = torch.Generator().manual_seed(args.seed)
 
     start = time.perf_counter()
-    proto = to_onnx(graph, (torch.rand(2, *shape, generator=generator),), ("image",), OUTPUT_NAMES, args.opset)
+    proto = to_onnx(graph, (torch.rand(2, *shape, generator=generator),), (INPUT_NAME,), OUTPUT_NAMES, args.opset)
     export_seconds = time.perf_counter() - start
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -107,7 +107,7 @@ def run(args) -> int:
     for batch in args.batch_sizes:
         images = torch.rand(batch, *shape, generator=generator)
         torch_call = functools.partial(_torch_forward, graph, images)
-        ort_call = functools.partial(session.run, None, {"image": images.numpy()})
+        ort_call = functools.partial(session.run, None, {INPUT_NAME: images.numpy()})
         difference = max(float(np.abs(a.numpy() - b).max(initial=0.0))
                          for a, b in zip(torch_call(), ort_call()))
         timing = median_seconds({"torch": torch_call, "onnxruntime": ort_call}, args.repeats, args.warmup)

@@ -355,10 +355,7 @@ def default_repository(directory: Path) -> tuple[Path, str]:
             "pass --repository DIR --model NAME"
         ) from None
     from stn_serve.export import export_model
-    from stn_serve.export.graph import quiet_exporter_logs
     from stn_serve.models import ModelConfig, build_model
-
-    quiet_exporter_logs()
 
     torch.manual_seed(0)
     config = ModelConfig()  # the digits defaults: 1x28x28, 10 classes, affine transformer

@@ -97,11 +97,7 @@ class Client:
             timeout: deadline in seconds for this call (default: the client's).
         """
         request = self._request(images, model, version, top_k)
-        try:
-            response = self._stub.Predict(request, timeout=self._deadline(timeout))
-        except grpc.RpcError as error:
-            raise error_from_rpc(error, self.target) from error
-        return predictions_from(response)
+        return predictions_from(self._unary(self._stub.Predict, request, timeout))
 
     def predict_stream(
         self,
@@ -144,12 +140,7 @@ class Client:
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the server holds (the newest version of each)."""
-        try:
-            response = self._stub.ListModels(
-                stn_pb2.ListModelsRequest(), timeout=self._deadline(timeout)
-            )
-        except grpc.RpcError as error:
-            raise error_from_rpc(error, self.target) from error
+        response = self._unary(self._stub.ListModels, stn_pb2.ListModelsRequest(), timeout)
         return [model_info_from(description) for description in response.models]
 
     def describe(
@@ -160,14 +151,15 @@ class Client:
             model=self.model if model is None else model,
             version=self.version if version is None else version,
         )
+        return model_info_from(self._unary(self._stub.DescribeModel, request, timeout))
+
+    def _unary(self, method, request, timeout: float | None):
+        """Call a unary `method` under `timeout` (default: the client's); RPC errors become the
+        project's errors."""
         try:
-            description = self._stub.DescribeModel(request, timeout=self._deadline(timeout))
+            return method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as error:
             raise error_from_rpc(error, self.target) from error
-        return model_info_from(description)
-
-    def _deadline(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is None else timeout
 
 
 def predictions_from(response: stn_pb2.PredictResponse) -> list[Prediction]:

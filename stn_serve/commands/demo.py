@@ -32,11 +32,13 @@ def add_parser(subparsers, parents):
 def run(args) -> int:
     from stn_serve.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(out_dir=args.out, repository=args.repository, epochs=args.epochs)
-    if args.quick:
-        settings = DemoSettings(
-            out_dir=args.out, repository=args.repository, epochs=1, max_train_samples=256,
-            progress=False,
+    run_demo(
+        DemoSettings(
+            out_dir=args.out,
+            repository=args.repository,
+            epochs=1 if args.quick else args.epochs,
+            max_train_samples=256 if args.quick else None,
+            progress=not args.quick,
         )
-    run_demo(settings)
+    )
     return 0

@@ -35,9 +35,7 @@ def add_parser(subparsers, parents):
 
 def run(args) -> int:
     from stn_serve.export import export_checkpoint
-    from stn_serve.export.graph import quiet_exporter_logs
 
-    quiet_exporter_logs()
     target = export_checkpoint(args.checkpoint, args.repository, args.name, version=args.version,
                                opset=args.opset, gradients=args.gradients)
     print(target)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from stn_serve.train.config import TrainConfig
-from stn_serve.train.options import training_parents
-
-DEFAULTS = TrainConfig()
+from stn_serve.models.config import ARCHS
+from stn_serve.train.options import DEFAULTS, training_parents
 
 
 def add_parser(subparsers, parents):
@@ -24,7 +22,7 @@ def add_parser(subparsers, parents):
     run_group.add_argument(
         "--arch",
         type=str,
-        choices=("stcnn", "cnn"),
+        choices=ARCHS,
         default=DEFAULTS.arch,
         help="stcnn: spatial transformer then CNN; cnn: the plain CNN baseline",
     )

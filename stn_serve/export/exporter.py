@@ -25,7 +25,7 @@ from stn_serve.export.gradients import (
     autograd_reference,
     spatial_transformer,
 )
-from stn_serve.export.graph import OUTPUT_NAMES, ServingGraph, check_opset, to_onnx
+from stn_serve.export.graph import ServingGraph, check_opset, to_onnx
 from stn_serve.export.metadata import describe, set_metadata
 from stn_serve.export.parity import (
     GRADIENT_TOLERANCES,
@@ -36,6 +36,7 @@ from stn_serve.export.parity import (
 )
 from stn_serve.export.repository import check_name, choose_version, publish
 from stn_serve.models import ModelConfig
+from stn_serve.runtime.spec import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,13 @@ VERIFY_COUNT = 64
 GRADIENT_SEED = 0
 
 
-def verification_images(config: ModelConfig, source: str = VERIFY_SOURCE, count: int = VERIFY_COUNT) -> torch.Tensor:
-    """Tensor[count, C, H, W]: the first `count` test images of an image source, at the model's
+def verification_images(config: ModelConfig) -> torch.Tensor:
+    """Tensor[VERIFY_COUNT, C, H, W]: the first test images of VERIFY_SOURCE, at the model's
     input size and channels."""
     from stn_serve.data import load_split
 
-    split = load_split(source, "test", image_size=config.input_size, channels=config.in_channels)
-    return split.images[:count]
+    split = load_split(VERIFY_SOURCE, "test", image_size=config.input_size, channels=config.in_channels)
+    return split.images[:VERIFY_COUNT]
 
 
 def _check_images(images: torch.Tensor, config: ModelConfig) -> torch.Tensor:
@@ -113,13 +114,13 @@ def export_serving_model(model: nn.Module, images: torch.Tensor, opset: int):
         (onnx.ModelProto, dict)
     """
     graph = ServingGraph(model.eval())
-    proto = to_onnx(graph, (images[:2],), ("image",), OUTPUT_NAMES, opset)
+    proto = to_onnx(graph, (images[:2],), (INPUT_NAME,), OUTPUT_NAMES, opset)
 
     def reference(image):
         with torch.no_grad():
             return dict(zip(OUTPUT_NAMES, graph(image)))
 
-    parity = verify(proto.SerializeToString(), reference, (images,), ("image",), TOLERANCES, "model.onnx")
+    parity = verify(proto.SerializeToString(), reference, (images,), (INPUT_NAME,), TOLERANCES, "model.onnx")
     return proto, parity
 
 

@@ -11,8 +11,9 @@ coordinates
 with a = 1 when align_corners else 0; that is `(2 j + 1) / w - 1` without align_corners (pixel
 centres) and `2 j / (w - 1) - 1` with it (corner pixels on -1 and 1; a single pixel sits at 0).
 
-The functions are type-generic (float32 and float64) through `CastLike`, and take the grid size
-and convention as attributes, so one definition serves every crop size.
+The affine and projective functions are type-generic (float32 and float64) through `CastLike`,
+and take the grid size and convention as attributes, so one definition serves every crop size.
+`TPSGrid` takes its precomputed kernel as an input instead.
 """
 
 from __future__ import annotations

@@ -20,21 +20,6 @@ log = logging.getLogger(__name__)
 # GridSample exists since opset 16, but the exporter's torch library starts at 18; ONNX Runtime
 # 1.31 officially supports up to 26.
 SUPPORTED_OPSETS = range(18, 27)
-OUTPUT_NAMES = ("logits", "probabilities", "crop", "theta")
-# The exporter's graph passes report every rewrite and folded constant at INFO.
-EXPORTER_LOGGERS = ("onnx_ir", "onnxscript")
-
-
-# torch's op registry warns, on every export, that torchvision's ops are skipped; this project
-# does not use torchvision.
-REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
-
-
-def quiet_exporter_logs() -> None:
-    """Keep the exporter's graph passes to warnings and errors (for command-line use)."""
-    for name in EXPORTER_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger(REGISTRY_LOGGER).setLevel(logging.ERROR)
 
 
 class ServingGraph(nn.Module):

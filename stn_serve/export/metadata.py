@@ -8,11 +8,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from stn_serve.models import ModelConfig
+from stn_serve.runtime.spec import FORMAT, INPUT_NAME
 
 if TYPE_CHECKING:
     import onnx
-
-FORMAT = "stn-serve-model/1"
 
 
 def package_versions() -> dict[str, str]:
@@ -50,13 +49,13 @@ def describe(
         parity: the torch vs ONNX Runtime figures measured at export.
     """
     channels = config.in_channels
-    crop_height, crop_width = config.crop_size if config.arch == "stcnn" else config.input_size
+    crop_height, crop_width = config.classifier_size
     return {
         "name": name,
         "version": version,
         "format": FORMAT,
         "labels": list(labels),
-        "input": {"name": "image", "shape": [channels, *config.input_size], "dtype": "float32",
+        "input": {"name": INPUT_NAME, "shape": [channels, *config.input_size], "dtype": "float32",
                   "range": [0.0, 1.0]},
         "outputs": {"logits": [len(labels)], "probabilities": [len(labels)],
                     "crop": [channels, crop_height, crop_width], "theta": [num_params]},

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from stn_serve.errors import InvalidInputError
+from stn_serve.runtime.repository import is_version_directory
 
 # A model name is one path component that a URL, a shell and Triton take as it is.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -35,8 +36,7 @@ def existing_versions(repository: Path, name: str) -> list[int]:
     folder = Path(repository) / name
     if not folder.is_dir():
         return []
-    return sorted(int(entry.name) for entry in folder.iterdir()
-                  if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0)
+    return sorted(int(entry.name) for entry in filter(is_version_directory, folder.iterdir()))
 
 
 def choose_version(repository: Path, name: str, version: int | None) -> int:

@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from stn_serve.runtime.providers import CPU
 
-CPU = "CPUExecutionProvider"
+log = logging.getLogger(__name__)
 
 
 def cpu_session(model: bytes):

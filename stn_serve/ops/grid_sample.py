@@ -28,7 +28,7 @@ over long rows. The input is padded with two zero pixels on each side and the to
 neighbour's flat index is clamped into that padding, so a neighbour outside the input reads zero
 with no masks; neighbour k sits at that index plus a constant offset (0, 1, W + 4, W + 5), so the
 four are read and written through views of the padded plane shifted by the offsets, with one
-index. A one-channel input gathers the four values that way and interpolates with two `lerp`s. A
+index. A one-channel input gathers the four values that way and interpolates with three `lerp`s. A
 multi-channel input gathers rows of a channels-last copy with `embedding_bag(mode="sum",
 per_sample_weights=w)` over bags of the four neighbours, which fuses the gather and the weighted
 sum: out[p] = sum_k w[p, k] * rows[index[p, k]] (in ONNX terms Gather, Mul, ReduceSum over the
@@ -56,6 +56,7 @@ from torch import nn
 from stn_serve.errors import InvalidInputError
 from stn_serve.ops._checks import require_floating, require_same_dtype, shape_text
 
+# models.config keeps its own torch-free copy; tests/test_models.py holds the two equal.
 PADDING_MODES = ("zeros", "border", "reflection")
 
 # The sampled map is padded with this many zero pixels on each side, so that every clamped
@@ -185,7 +186,7 @@ def weight_steps(fraction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def bilinear_neighbours(pixel: torch.Tensor, height: int, width: int) -> Neighbours:
-    """Neighbours and weights of pixel coordinates (Tensor[N, 2, P], x then y)."""
+    """Neighbours and fractions of pixel coordinates (Tensor[N, 2, P], x then y)."""
     corner = torch.floor(pixel)
     fraction = pixel - corner
     padded_width = width + 2 * _PAD

@@ -3,11 +3,11 @@
 Serving side: never imports torch.
 """
 
-from stn_serve.runtime.model import OUTPUT_NAMES, OnnxModel
+from stn_serve.runtime.model import OnnxModel
 from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS, RuntimeOptions
 from stn_serve.runtime.providers import DEVICES, DeviceUnavailableError
 from stn_serve.runtime.repository import ModelRepository
-from stn_serve.runtime.spec import INPUT_NAME, ModelSpec, read_spec
+from stn_serve.runtime.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec, read_spec
 
 __all__ = [
     "DEVICES",

@@ -8,29 +8,32 @@ from pathlib import Path
 import numpy as np
 
 from stn_serve.errors import InvalidInputError, NotReadyError
-from stn_serve.runtime.options import RuntimeOptions
+from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS, RuntimeOptions
 from stn_serve.runtime.providers import (
     CUDA,
     check_session_provider,
     load_pip_cuda_libraries,
     requested_providers,
 )
-from stn_serve.runtime.spec import INPUT_NAME, OUTPUT_RANKS, ModelSpec, read_spec
+from stn_serve.runtime.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec, read_spec
 
 log = logging.getLogger(__name__)
-
-OUTPUT_NAMES = tuple(OUTPUT_RANKS)
 
 
 def _session_options(options: RuntimeOptions):
     import onnxruntime as ort
 
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
+    levels = dict(
+        zip(
+            GRAPH_OPTIMIZATIONS,
+            (
+                ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            ),
+        )
+    )
     if options.graph_optimization not in levels:
         raise InvalidInputError(
             f"graph optimisation must be one of {list(levels)}, got {options.graph_optimization!r}"
@@ -66,6 +69,7 @@ class OnnxModel:
         self.provider: str | None = None
         self.ready = False
         self._session = None
+        self._cuda_device_id = 0  # the GPU a CUDA session runs on, read once at load
 
     @property
     def name(self) -> str:
@@ -111,6 +115,8 @@ class OnnxModel:
             )
         self._check_signature(session)
         self._session = session
+        cuda_options = session.get_provider_options().get(CUDA, {})
+        self._cuda_device_id = int(cuda_options.get("device_id", 0))
         for batch_size in self.options.warmup_batch_sizes:
             self._run(np.zeros((batch_size, *spec.input_shape), np.float32))
         self.ready = True
@@ -186,7 +192,7 @@ class OnnxModel:
         """Run through IO binding: one host-to-device copy in, outputs allocated on the device."""
         import onnxruntime as ort
 
-        device_id = self._device_id()
+        device_id = self._cuda_device_id
         binding = self._session.io_binding()
         binding.bind_ortvalue_input(
             INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(images, "cuda", device_id)
@@ -195,10 +201,6 @@ class OnnxModel:
             binding.bind_output(name, "cuda", device_id)
         self._session.run_with_iobinding(binding)
         return dict(zip(OUTPUT_NAMES, binding.copy_outputs_to_cpu()))
-
-    def _device_id(self) -> int:
-        options = self._session.get_provider_options().get(CUDA, {})
-        return int(options.get("device_id", 0))
 
     def unload(self) -> None:
         self.ready = False

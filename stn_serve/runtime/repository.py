@@ -13,13 +13,16 @@ from stn_serve.runtime.providers import DeviceUnavailableError
 log = logging.getLogger(__name__)
 
 
+def is_version_directory(path: Path) -> bool:
+    """Whether `path` is a version folder of a model: a directory named by a positive integer."""
+    return path.is_dir() and path.name.isdigit() and int(path.name) > 0
+
+
 def version_directories(root: Path) -> list[Path]:
     """`<root>/<name>/<version>/` folders (version a positive integer), sorted by name then version."""
     found = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for version_dir in model_dir.iterdir():
-            if version_dir.is_dir() and version_dir.name.isdigit() and int(version_dir.name) > 0:
-                found.append(version_dir)
+        found.extend(filter(is_version_directory, model_dir.iterdir()))
     return sorted(found, key=lambda p: (p.parent.name, int(p.name)))
 
 
@@ -52,10 +55,6 @@ class ModelRepository:
                 continue
             self._models.setdefault(model.name, {})[model.version] = model
         return self
-
-    def add(self, model: OnnxModel) -> None:
-        """Serve an already loaded model (used to assemble a repository in code)."""
-        self._models.setdefault(model.name, {})[model.version] = model
 
     def names(self) -> list[str]:
         return sorted(self._models)

@@ -12,6 +12,7 @@ FORMAT = "stn-serve-model/1"
 INPUT_NAME = "image"
 # Output name -> rank without the batch dimension.
 OUTPUT_RANKS = {"logits": 1, "probabilities": 1, "crop": 3, "theta": 1}
+OUTPUT_NAMES = tuple(OUTPUT_RANKS)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class ModelSpec:
         return self.output_shapes["theta"][0]
 
 
-def _positive_ints(value, what: str, length: int, path: Path) -> tuple[int, ...]:
+def _non_negative_ints(value, what: str, length: int, path: Path) -> tuple[int, ...]:
     if (
         not isinstance(value, list)
         or len(value) != length
@@ -71,7 +72,7 @@ def parse_spec(data: dict, path: Path) -> ModelSpec:
         raise InvalidInputError(
             f"{path}: input must be an object named {INPUT_NAME!r}, got {model_input!r}"
         )
-    input_shape = _positive_ints(model_input.get("shape"), "input.shape [C, H, W]", 3, path)
+    input_shape = _non_negative_ints(model_input.get("shape"), "input.shape [C, H, W]", 3, path)
     outputs = data.get("outputs")
     if not isinstance(outputs, dict) or set(outputs) != set(OUTPUT_RANKS):
         got = sorted(outputs) if isinstance(outputs, dict) else outputs
@@ -79,7 +80,7 @@ def parse_spec(data: dict, path: Path) -> ModelSpec:
             f"{path}: outputs must have exactly {sorted(OUTPUT_RANKS)}, got {got!r}"
         )
     output_shapes = {
-        key: _positive_ints(outputs[key], f"outputs.{key}", rank, path)
+        key: _non_negative_ints(outputs[key], f"outputs.{key}", rank, path)
         for key, rank in OUTPUT_RANKS.items()
     }
     for key in ("logits", "probabilities"):

@@ -68,10 +68,16 @@ def decode_encoded(data: bytes, shape: tuple[int, int, int], what: str) -> np.nd
 
 
 def decode_raw(
-    data: bytes, dims: list[int], dtype: str, shape: tuple[int, int, int], what: str
+    data: bytes,
+    dims: list[int],
+    dtype: str,
+    shape: tuple[int, int, int],
+    what: str,
+    count: int | None = None,
 ) -> np.ndarray:
     """A raw tensor ([C, H, W], or [H, W] for one channel; dtype "uint8" or "float32", little-endian
-    C order) -> float32[C, H, W] in [0, 1]."""
+    C order) -> float32[C, H, W] in [0, 1]. With `count`, `data` holds that many such tensors back
+    to back -> float32[count, C, H, W]."""
     channels, height, width = shape
     accepted = [[channels, height, width]] + ([[height, width]] if channels == 1 else [])
     if list(dims) not in accepted:
@@ -81,12 +87,12 @@ def decode_raw(
     numpy_dtype = {"uint8": np.dtype("u1"), "float32": np.dtype("<f4")}.get(dtype)
     if numpy_dtype is None:
         raise InvalidInputError(f"{what} has dtype {dtype}; expected uint8 or float32")
-    expected_bytes = math.prod(dims) * numpy_dtype.itemsize
+    expected_bytes = (count or 1) * math.prod(dims) * numpy_dtype.itemsize
     if len(data) != expected_bytes:
         raise InvalidInputError(
             f"{what} has {len(data)} bytes; shape {list(dims)} of {dtype} needs {expected_bytes}"
         )
-    array = np.frombuffer(data, numpy_dtype).reshape(shape)
+    array = np.frombuffer(data, numpy_dtype).reshape(shape if count is None else (count, *shape))
     if dtype == "uint8":
         return np.divide(array, np.float32(255.0), dtype=np.float32)
     # Read-only view of the request's bytes: the batch is assembled into a new array anyway.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
@@ -34,16 +32,14 @@ def image_array(image: stn_pb2.Image, shape: tuple[int, int, int], index: int) -
 
 
 def _same_raw_tensors(images, shape: tuple[int, int, int]) -> np.ndarray | None:
-    """All `images` as one float32[N, C, H, W] when every one is a valid raw tensor of the first
-    one's dtype and shape: one copy and one range check for the whole request instead of one per
-    image. None when any differs or fails a check; the per-image path then names the culprit."""
+    """All `images` as one float32[N, C, H, W] when every one is a raw tensor of the first one's
+    dtype, shape and byte count: one copy and one check for the whole request instead of one per
+    image. None when any differs or the whole fails a check; the per-image path then names the
+    image at fault."""
     first = images[0]
     if first.WhichOneof("source") != "tensor" or first.tensor.dtype not in DTYPES:
         return None
-    dtype, dims = first.tensor.dtype, first.tensor.shape
-    if list(dims) not in ([*shape], [*shape[1:]] if shape[0] == 1 else None):
-        return None
-    size = math.prod(shape) * (1 if dtype == stn_pb2.DATA_TYPE_UINT8 else 4)
+    dtype, dims, size = first.tensor.dtype, first.tensor.shape, len(first.tensor.data)
     parts = []
     for image in images:
         if image.WhichOneof("source") != "tensor":
@@ -52,13 +48,12 @@ def _same_raw_tensors(images, shape: tuple[int, int, int]) -> np.ndarray | None:
         if tensor.dtype != dtype or tensor.shape != dims or len(tensor.data) != size:
             return None
         parts.append(tensor.data)
-    data = b"".join(parts)
-    if dtype == stn_pb2.DATA_TYPE_UINT8:
-        pixels = np.frombuffer(data, np.uint8).reshape(len(images), *shape)
-        return np.divide(pixels, np.float32(255.0), dtype=np.float32)
-    array = np.frombuffer(data, "<f4").reshape(len(images), *shape)
-    low, high = float(array.min()), float(array.max())
-    return array if low >= 0.0 and high <= 1.0 else None  # False for NaN too
+    try:
+        return decode_raw(
+            b"".join(parts), list(dims), DTYPES[dtype], shape, "images", count=len(images)
+        )
+    except InvalidInputError:
+        return None
 
 
 def request_images(images, shape: tuple[int, int, int], max_images: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from stn_serve.errors import InvalidInputError
+from stn_serve.train.config import DEVICES
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Context:
 
 def resolve_device(name: str) -> torch.device:
     """ "auto" -> CUDA when available, else CPU; "cuda" without CUDA is an error."""
-    if name not in ("auto", "cpu", "cuda"):
+    if name not in DEVICES:
         raise InvalidInputError(f"device must be auto, cpu or cuda, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError("device cuda was asked for but torch sees no CUDA device")

@@ -55,16 +55,20 @@ def plot_crops(
     """Each input (top) above the transformer's crop (bottom), titled "predicted (true)".
 
     Args:
-        model: an STCNN or CNNBaseline (run on the CPU in eval mode).
+        model: an STCNN or CNNBaseline, run where it is, in eval mode, and left as it was.
         images (Tensor[N, C, H, W]): inputs in [0, 1].
         labels (Tensor[N]): true classes.
         classes: class names.
         path: PNG to write.
     """
     plt = _pyplot()
-    model = model.cpu().eval()
-    output = model(images)
-    predicted = output.logits.argmax(1)
+    was_training = model.training
+    model.eval()
+    try:
+        output = model(images.to(next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    predicted, crops = output.logits.argmax(1).cpu(), output.crop.cpu()
     count = len(images)
     rows = math.ceil(count / PAIRS_PER_ROW)
     figure, axes = plt.subplots(
@@ -81,7 +85,7 @@ def plot_crops(
             fontsize=8,
             color="black" if ok else "red",
         )
-        axes[row + 1, column].imshow(_as_picture(output.crop[index]), cmap="gray", vmin=0, vmax=1)
+        axes[row + 1, column].imshow(_as_picture(crops[index]), cmap="gray", vmin=0, vmax=1)
     figure.suptitle("inputs (top) and spatial-transformer crops (bottom): predicted (true)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

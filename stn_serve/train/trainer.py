@@ -119,9 +119,7 @@ def _build_model(
         model_config = model_config_for(config, data.image_shape, len(data.classes), mean, std)
         return model_config, build_model(model_config)
     _check_resumable(resumed, data)
-    model = build_model(resumed.model_config)
-    model.load_state_dict(resumed.state_dict)
-    return resumed.model_config, model
+    return resumed.model_config, resumed.build_model()
 
 
 def _restore(resumed: Checkpoint, optimizer, scheduler, model: nn.Module) -> tuple[int, _Best]:
@@ -129,11 +127,15 @@ def _restore(resumed: Checkpoint, optimizer, scheduler, model: nn.Module) -> tup
     optimizer.load_state_dict(resumed.optimizer)
     scheduler.load_state_dict(resumed.scheduler)
     best_file = Path(resumed.path).with_name(BEST)
-    best_state = load_checkpoint(best_file).state_dict if best_file.exists() else model.state_dict()
+    best_state = (
+        load_checkpoint(best_file).state_dict
+        if best_file.exists()
+        else copy.deepcopy(model.state_dict())  # the live weights change as training goes on
+    )
     best = _Best(
         resumed.metrics.get("best_val_accuracy", -1.0),
         resumed.metrics.get("best_epoch", resumed.epoch),
-        copy.deepcopy(best_state),
+        best_state,
     )
     return resumed.epoch, best
 
@@ -271,9 +273,8 @@ def _fit(config: TrainConfig, context: distributed.Context) -> TrainResult:
 def _plot(history: list[dict], model: nn.Module, data: RunData, out_dir: Path) -> list[Path]:
     """curves.png and crops.png (the first CROPS_SHOWN test images) in `out_dir`."""
     shown = slice(0, CROPS_SHOWN)
-    # A copy: plotting moves the model to the CPU.
     crops = plot_crops(
-        copy.deepcopy(model),
+        model,
         data.test.images[shown],
         data.test.labels[shown],
         data.classes,
