@@ -57,11 +57,15 @@ class SpatialTransformer(nn.Module):
             crop (Tensor[N, C, h, w]) and theta (Tensor[N, P]).
         """
         theta = self.localisation(image if loc_input is None else loc_input)
+        return self.sample(image, theta), theta
+
+    def sample(self, image: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The crop (Tensor[N, C, h, w]) of `image` (Tensor[N, C, H, W]) through the transform
+        parameters `theta` (Tensor[N, P])."""
         grid = self.grid_generator(theta)  # (N, h, w, 2)
-        crop = grid_sample(
+        return grid_sample(
             image, grid, padding_mode=self.padding_mode, align_corners=self.align_corners
         )
-        return crop, theta
 
     def extra_repr(self) -> str:
         return (
