@@ -37,7 +37,8 @@ def client_options() -> argparse.ArgumentParser:
 
 
 def remote_predictor(args):
-    """A `RemotePredictor` on `args.server` with the `client_options` flags."""
+    """A `RemotePredictor` on `args.server` with the `client_options` flags, once the server has
+    described the model: no server there, or no such model, fails here, before any image is read."""
     from stn_serve.batch import RemotePredictor
     from stn_serve.client import Client
 
@@ -48,4 +49,9 @@ def remote_predictor(args):
         timeout=args.timeout,
         max_message_mb=args.max_message_mb,
     )
+    try:
+        client.describe()
+    except BaseException:
+        client.close()
+        raise
     return RemotePredictor(client, args.top_k)

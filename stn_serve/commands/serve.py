@@ -3,9 +3,9 @@ reflection) with Prometheus metrics. Runs with torch absent."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
+from stn_serve.commands.formatting import HelpFormatter
 from stn_serve.contract import DEVICES
 from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS, RuntimeOptions
 from stn_serve.server.options import ServerOptions
@@ -21,7 +21,7 @@ def add_parser(subparsers, parents):
         parents=parents,
         help="serve a model repository over gRPC",
         description="Serve every model in a model repository over gRPC until SIGTERM/SIGINT.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add(
@@ -120,9 +120,13 @@ def add_parser(subparsers, parents):
 
 
 def run(args) -> int:
+    from stn_serve.commands.ports import check_port_free
     from stn_serve.runtime import RuntimeOptions
     from stn_serve.server import ServerOptions, serve
 
+    check_port_free(args.host, args.port, "--port", "bind")
+    if args.metrics_port > 0:
+        check_port_free(args.host, args.metrics_port, "--metrics-port", "serve metrics on")
     options = ServerOptions(
         max_batch_size=args.max_batch_size,
         max_queue_delay_us=args.max_queue_delay_us,

@@ -7,8 +7,10 @@ it imports neither (an import-linter contract in pyproject.toml holds that).
 """
 
 from stn_serve.contract.choices import (
+    DATA_SOURCES,
     DEFAULT_TOP_K,
     DEVICES,
+    DISTORTIONS,
     EXECUTION_PROVIDERS,
     NO_TRANSFORM,
     PADDING_MODES,
@@ -27,8 +29,10 @@ from stn_serve.contract.spec import FORMAT, INPUT_NAME, OUTPUT_NAMES, ModelSpec
 from stn_serve.contract.status import STATUS_CODES, error_type_for, status_of
 
 __all__ = [
+    "DATA_SOURCES",
     "DEFAULT_TOP_K",
     "DEVICES",
+    "DISTORTIONS",
     "EXECUTION_PROVIDERS",
     "FORMAT",
     "GRADIENTS_FILE",
