@@ -17,7 +17,7 @@ def test_bench_batch_prints_each_way_beside_the_in_process_baseline(model_reposi
     assert "48 PNG files" in printed and "chunks of 32" in printed
     rows = {}
     for what in (IN_PROCESS, LOCAL, LOCAL_NO_CROPS, SERVED):
-        match = re.search(re.escape(what) + r"\s+([\d,]+) \(.*?\)\s+([\d.]+)x", printed)
+        match = re.search(re.escape(what) + r"\s+([\d,]+)\s+\(.*?\)\s+([\d.]+)x", printed)
         assert match, what
         rows[what] = (float(match.group(1).replace(",", "")), float(match.group(2)))
     assert rows[IN_PROCESS][1] == 1.0
