@@ -70,8 +70,8 @@ def test_export_writes_the_version_folder(exported):
     repository, folder = exported
     assert folder == repository / "digits" / "1"
     assert sorted(path.name for path in folder.iterdir()) == ["model.json", "model.onnx"]
-    # Nothing else in the repository: no staging folder left behind.
-    assert [path.name for path in (repository / "digits").iterdir()] == ["1"]
+    # Nothing else in the repository but Triton's model configuration: no staging folder.
+    assert sorted(path.name for path in (repository / "digits").iterdir()) == ["1", "config.pbtxt"]
 
 
 def test_model_json_follows_the_contract(exported):
@@ -209,6 +209,9 @@ def test_plain_cnn_exports_without_transform(tmp_path):
     description = json.loads((folder / "model.json").read_text())
     spec = ModelSpec.from_json(description, folder / "model.json")
     assert description["transform"] == "none" and spec.output_shapes["theta"] == (0,)
+    # Triton refuses a zero-sized dimension: config.pbtxt leaves theta [N, 0] out.
+    config_text = (tmp_path / "baseline" / "config.pbtxt").read_text()
+    assert 'name: "crop"' in config_text and 'name: "theta"' not in config_text
     assert description["parity"]["batch_sizes"] == [1, 3]
     with pytest.raises(InvalidInputError, match="has no spatial transformer"):
         export_model(fresh_model(config), config, LABELS, tmp_path, "baseline", gradients=True,

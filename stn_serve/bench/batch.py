@@ -94,11 +94,11 @@ def time_batch(
         predictor = RemotePredictor(Client(model["server"], model=model["name"]), top_k=5)
         predictor.client.describe()  # connected before the clock starts
     else:
-        from stn_serve.runtime import ModelRepository, RuntimeOptions
+        from stn_serve.runtime import RuntimeOptions, open_version
 
         options = RuntimeOptions(device=model["device"])
-        loaded = ModelRepository(model["repository"], options).load()
-        predictor = LocalPredictor(loaded.get(model["name"], model["version"]), top_k=5)
+        version = open_version(model["repository"], model["name"], model["version"], options)
+        predictor = LocalPredictor(version, top_k=5)
     try:
         start = time.perf_counter()
         inputs = iter_inputs(str(folder))
@@ -119,7 +119,7 @@ def run(args) -> int:
 
     from stn_serve.bench.default_model import model_repository
     from stn_serve.imaging import decode_encoded
-    from stn_serve.runtime import ModelRepository, RuntimeOptions
+    from stn_serve.runtime import RuntimeOptions, open_version
     from stn_serve.server import create_server
 
     if min(args.images, args.chunk_size, args.rounds) < 1:
@@ -128,8 +128,7 @@ def run(args) -> int:
         scratch = Path(scratch)
         repository, name = model_repository(args, scratch / "repository")
         runtime = RuntimeOptions(device=args.device)
-        loaded = ModelRepository(repository, runtime).load()
-        model = loaded.get(name, args.version)
+        model = open_version(repository, name, args.version, runtime)
         folder = scratch / "images"
         encoded = write_images(folder, args.images, model.spec.input_shape)
         shape = model.spec.input_shape
@@ -156,7 +155,7 @@ def run(args) -> int:
                         figures[what].append(job.result())
         finally:
             server.stop(grace=None)
-            loaded.unload()
+            model.unload()
     report(model, figures, args, sum(map(len, encoded)) / len(encoded))
     return 0
 

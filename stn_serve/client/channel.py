@@ -1,12 +1,16 @@
-"""Channel settings: message size limits, client-side load balancing and retries."""
+"""Channel settings: message size limits, client-side load balancing, retries, and transport
+security (TLS, mutual TLS, a bearer token)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import grpc
 
 from stn_serve.client.defaults import DEFAULT_MAX_MESSAGE_MB
+from stn_serve.contract.auth import AUTHORIZATION, authorization_value
+from stn_serve.errors import InvalidInputError
 
 # round_robin keeps a sub-channel to every address the resolver returns, so a `dns:///` target
 # naming a headless Service spreads requests over all pods instead of pinning one HTTP/2
@@ -40,6 +44,81 @@ def channel_options(max_message_mb: float = DEFAULT_MAX_MESSAGE_MB) -> list[tupl
     ]
 
 
-def open_channel(target: str, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB) -> grpc.Channel:
-    """An insecure channel to `target` (`host:port` or `dns:///host:port`)."""
-    return grpc.insecure_channel(target, options=channel_options(max_message_mb))
+def _read(path, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise InvalidInputError(f"cannot read the {what} {path}: {error.strerror}") from None
+
+
+def channel_credentials(tls_ca=None, tls_cert=None, tls_key=None) -> grpc.ChannelCredentials:
+    """TLS credentials from PEM files: `tls_ca` the CA that signed the server's certificate
+    (None: the system's trusted CAs); `tls_cert` and `tls_key` the client's own certificate,
+    for a server that requires mutual TLS."""
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidInputError(
+            "a client certificate needs its key: give both tls_cert and tls_key, or neither"
+        )
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(tls_ca, "CA file"),
+        private_key=_read(tls_key, "client key"),
+        certificate_chain=_read(tls_cert, "client certificate"),
+    )
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call of a channel."""
+
+    def __init__(self, token: str):
+        self._header = (AUTHORIZATION, authorization_value(token))
+
+    def _with_token(self, details):
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
+def open_channel(
+    target: str,
+    max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+    *,
+    tls: bool = False,
+    tls_ca=None,
+    tls_cert=None,
+    tls_key=None,
+    tls_server_name: str | None = None,
+    token: str | None = None,
+) -> grpc.Channel:
+    """A channel to `target` (`host:port` or `dns:///host:port`).
+
+    TLS when `tls` or any of the `tls_*` files is given (see `channel_credentials`);
+    `tls_server_name` checks the server's certificate against that name instead of the
+    target's host (a probe that connects to localhost). `token` is sent with every call.
+    """
+    options = channel_options(max_message_mb)
+    if tls or any(path is not None for path in (tls_ca, tls_cert, tls_key)):
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        channel = grpc.secure_channel(
+            target, channel_credentials(tls_ca, tls_cert, tls_key), options=options
+        )
+    else:
+        channel = grpc.insecure_channel(target, options=options)
+    return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel

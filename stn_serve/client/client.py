@@ -30,6 +30,10 @@ class Client:
         version: default model version; 0 = the newest loaded.
         timeout: default deadline in seconds for each unary call (None = no deadline).
         max_message_mb: the largest request or response the channel accepts.
+        tls: connect with TLS, trusting the system's CA certificates (implied by `tls_ca`).
+        tls_ca: PEM file of the CA that signed the server's certificate.
+        tls_cert, tls_key: PEM client certificate and key, for a server requiring mutual TLS.
+        token: bearer token sent with every call (`authorization: Bearer <token>`).
 
     Use as a context manager, or call `close()`.
     """
@@ -42,12 +46,25 @@ class Client:
         version: int = 0,
         timeout: float | None = DEFAULT_TIMEOUT_S,
         max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+        tls: bool = False,
+        tls_ca=None,
+        tls_cert=None,
+        tls_key=None,
+        token: str | None = None,
     ):
         self.target = target
         self.model = model
         self.version = version
         self.timeout = timeout
-        self._channel = open_channel(target, max_message_mb)
+        self._channel = open_channel(
+            target,
+            max_message_mb,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            token=token,
+        )
         self._stub = stn_pb2_grpc.StnServiceStub(self._channel)
         self._request_ids = itertools.count()
 

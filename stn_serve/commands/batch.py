@@ -102,10 +102,10 @@ def make_predictor(args):
     if args.server:
         return remote_predictor(args)
     from stn_serve.batch import LocalPredictor
-    from stn_serve.runtime import ModelRepository, RuntimeOptions
+    from stn_serve.runtime import RuntimeOptions, open_version
 
-    repository = ModelRepository(args.repository, RuntimeOptions(device=args.device)).load()
-    return LocalPredictor(repository.get(args.model, args.version), args.top_k)
+    model = open_version(args.repository, args.model, args.version, RuntimeOptions(args.device))
+    return LocalPredictor(model, args.top_k)
 
 
 def report(summary, args, sheet: Path | None) -> int:

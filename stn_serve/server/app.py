@@ -14,7 +14,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from stn_serve._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from stn_serve._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.errors import InvalidInputError, NotFoundError
 from stn_serve.runtime import ModelRepository, RuntimeOptions
@@ -26,7 +26,8 @@ from stn_serve.server.stn_service import StnServicer
 
 log = logging.getLogger(__name__)
 
-SERVED_FILES = (stn_pb2, grpc_service_pb2, health_pb2, reflection_pb2)
+# A file's dependencies come before it (grpc_service imports model_config).
+SERVED_FILES = (stn_pb2, model_config_pb2, grpc_service_pb2, health_pb2, reflection_pb2)
 
 
 def reflection_pool() -> descriptor_pool.DescriptorPool:
