@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from stn_serve.errors import InvalidInputError
+from stn_serve.ops import sampler_kernel
 from stn_serve.ops._checks import require_floating, require_same_dtype, shape_text
 
 # models.config keeps its own torch-free copy; tests/test_models.py holds the two equal.
@@ -74,8 +75,10 @@ def check_sample_inputs(input: torch.Tensor, grid: torch.Tensor, padding_mode: s
     """Raise `InvalidInputError` (a ValueError) naming what is wrong with the arguments."""
     require_floating("input", input)
     require_floating("grid", grid)
-    if input.dim() != 4:
-        raise InvalidInputError(f"input must be [N, C, H, W], got {shape_text(input.shape)}")
+    if input.dim() != 4 or input.shape[2] < 1 or input.shape[3] < 1:
+        raise InvalidInputError(
+            f"input must be [N, C, H, W] with H, W >= 1, got {shape_text(input.shape)}"
+        )
     if grid.dim() != 4 or grid.shape[-1] != 2:
         raise InvalidInputError(f"grid must be [N, H, W, 2], got {shape_text(grid.shape)}")
     if grid.shape[0] != input.shape[0]:
@@ -462,19 +465,73 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_output):
     input, grid = ctx.saved_tensors
-    grad_input, grad_grid = bilinear_sample_backward(
-        grad_output,
-        input,
-        grid,
-        ctx.padding_mode,
-        ctx.align_corners,
-        need_input_grad=ctx.needs_input_grad[0],
-        need_grid_grad=ctx.needs_input_grad[1],
+    need_input_grad, need_grid_grad = ctx.needs_input_grad[:2]
+    grad_input, grad_grid = torch.ops.stn.grid_sample_backward(
+        grad_output, input, grid, ctx.padding_mode, ctx.align_corners, need_input_grad
     )
-    return grad_input, grad_grid, None, None
+    return (
+        grad_input if need_input_grad else None,
+        grad_grid if need_grid_grad else None,
+        None,
+        None,
+    )
 
 
 _grid_sample_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# The backward as an op of its own, so that the CPU kernel can implement it and traced graphs
+# (torch.compile) keep it as one node. A gradient not asked for comes back as an empty tensor.
+@torch.library.custom_op("stn::grid_sample_backward", mutates_args=())
+def _grid_sample_backward_op(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    grid: torch.Tensor,
+    padding_mode: str,
+    align_corners: bool,
+    need_input_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _reference_backward(
+        grad_output, input, grid, padding_mode, align_corners, need_input_grad
+    )
+
+
+def _reference_backward(grad_output, input, grid, padding_mode, align_corners, need_input_grad):
+    """`stn::grid_sample_backward` by `bilinear_sample_backward`."""
+    grad_input, grad_grid = bilinear_sample_backward(
+        grad_output, input, grid, padding_mode, align_corners, need_input_grad
+    )
+    grad_input = grad_input.contiguous() if need_input_grad else input.new_empty(0)
+    return grad_input, grad_grid.contiguous()
+
+
+@_grid_sample_backward_op.register_fake
+def _(grad_output, input, grid, padding_mode, align_corners, need_input_grad):
+    grad_input = input.new_empty(input.shape if need_input_grad else (0,))
+    return grad_input, grid.new_empty(grid.shape)
+
+
+# On the CPU both ops run the fused kernel (stn_serve/ops/csrc/bilinear_sampler.cpp) where
+# `sampler_kernel` has it; elsewhere, and as the fallback, the tensor-op functions above.
+@_grid_sample_op.register_kernel("cpu")
+def _(input, grid, padding_mode, align_corners):
+    check_sample_inputs(input, grid, padding_mode)
+    kernel = sampler_kernel.kernel_for(input)
+    if kernel is None:
+        return bilinear_sample_forward(input, grid, padding_mode, align_corners)
+    return kernel.bilinear_sample(input, grid, padding_mode, align_corners)
+
+
+@_grid_sample_backward_op.register_kernel("cpu")
+def _(grad_output, input, grid, padding_mode, align_corners, need_input_grad):
+    kernel = sampler_kernel.kernel_for(input)
+    if kernel is None:
+        return _reference_backward(
+            grad_output, input, grid, padding_mode, align_corners, need_input_grad
+        )
+    return kernel.bilinear_sample_backward(
+        grad_output, input, grid, padding_mode, align_corners, need_input_grad
+    )
 
 
 # The training path: the same forward, also returning its `SampleContext` (top-left indices,
@@ -592,6 +649,7 @@ def grid_sample(
         torch.is_grad_enabled()
         and (input.requires_grad or grid.requires_grad)
         and not torch.compiler.is_compiling()
+        and sampler_kernel.kernel_for(input) is None
     ):
         return torch.ops.stn.grid_sample_with_context(input, grid, padding_mode, align_corners)[0]
     return torch.ops.stn.grid_sample(input, grid, padding_mode, align_corners)
