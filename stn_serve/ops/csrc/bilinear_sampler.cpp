@@ -138,7 +138,9 @@ struct Sampler {
         height(static_cast<int32_t>(height)),
         plane_size(height * width) {}
 
-  // Fill `block` for the `count` points whose (x, y) grid coordinates start at `grid`.
+  // Fill `block` for the `count` points whose (x, y) grid coordinates start at `grid`; the
+  // fractions and slopes only for the backward.
+  template <bool backward>
   void locate(const scalar_t* __restrict__ grid, int64_t count,
               Block<scalar_t>& __restrict__ block) const {
     // Local copies: the compiler cannot tell that the block's stores leave *this alone.
@@ -147,12 +149,17 @@ struct Sampler {
     const index_t w = width, h = height;
     const scalar_t far_x = static_cast<scalar_t>(w), far_y = static_cast<scalar_t>(h);
     for (int64_t i = 0; i < count; ++i) {
-      const scalar_t x = along_x.pixel(grid[2 * i], block.slope_x[i]);
-      const scalar_t y = along_y.pixel(grid[2 * i + 1], block.slope_y[i]);
+      scalar_t slope_x, slope_y;
+      const scalar_t x = along_x.pixel(grid[2 * i], slope_x);
+      const scalar_t y = along_y.pixel(grid[2 * i + 1], slope_y);
       const scalar_t corner_x = std::floor(x), corner_y = std::floor(y);
       const scalar_t fx = x - corner_x, fy = y - corner_y;
-      block.fraction_x[i] = fx;
-      block.fraction_y[i] = fy;
+      if constexpr (backward) {
+        block.slope_x[i] = slope_x;
+        block.slope_y[i] = slope_y;
+        block.fraction_x[i] = fx;
+        block.fraction_y[i] = fy;
+      }
       block.weight[0][i] = (1 - fy) * (1 - fx);
       block.weight[1][i] = (1 - fy) * fx;
       block.weight[2][i] = fy * (1 - fx);
@@ -194,7 +201,7 @@ struct Sampler {
                int64_t points, Block<scalar_t>& block) const {
     for (int64_t start = 0; start < points; start += kBlock) {
       const int64_t count = std::min(kBlock, points - start);
-      locate(grid + 2 * start, count, block);
+      locate<false>(grid + 2 * start, count, block);
       int64_t c = 0;
       for (; c + kChannelTile <= channels; c += kChannelTile) {
         sample<kChannelTile>(input + c * plane_size, output + c * points + start, points, count,
@@ -231,7 +238,7 @@ struct Sampler {
     for (int64_t start = 0; start < points; start += kBlock) {
       const int64_t count = std::min(kBlock, points - start);
       const scalar_t* grad = grad_output + start;
-      locate(grid + 2 * start, count, block);
+      locate<true>(grid + 2 * start, count, block);
       std::fill(block.along_x, block.along_x + count, scalar_t(0));
       std::fill(block.along_y, block.along_y + count, scalar_t(0));
       int64_t c = 0;

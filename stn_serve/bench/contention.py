@@ -1,0 +1,30 @@
+"""Busy processes beside a benchmark, so that it measures what a loaded machine gives (training
+beside DataLoader workers, a shared host): one process spinning on each other core."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+
+def other_cores() -> int:
+    """The cores this process may run on, less one (at least 1)."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[int]:
+    """Run `count` Python processes that spin until the block ends (then they are killed)."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)
+    ]
+    try:
+        yield count
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+        for spinner in spinners:
+            spinner.wait()
