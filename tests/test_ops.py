@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from stn_serve.errors import InvalidInputError
-from stn_serve.ops import sampler_kernel
 from stn_serve.ops import (
     PADDING_MODES,
     AffineGrid,
@@ -18,21 +17,12 @@ from stn_serve.ops import (
     affine_grid_backward,
     bilinear_sample_backward,
     grid_sample,
+    sampler_kernel,
 )
 
 ALIGN = [False, True]
 
 
-@pytest.fixture(params=["kernel", "reference"])
-def implementation(request, monkeypatch):
-    """Run the test with the fused CPU kernel of the sampler and with its tensor-op reference."""
-    if request.param == "kernel":
-        missing = sampler_kernel.missing_tools()
-        if missing is not None:
-            pytest.skip(f"the sampler kernel cannot be built here: {missing}")
-        sampler_kernel.build()
-    monkeypatch.setenv(sampler_kernel.ENABLE_ENV, "1" if request.param == "kernel" else "0")
-    return request.param
 
 # (N, C, H_in, W_in, H_out, W_out): batch and channel counts of 1 and more, output smaller,
 # larger and of another aspect than the input, and a one-pixel-wide input.
@@ -68,7 +58,7 @@ def value_and_grads(sample, input, grid, grad_output, padding_mode, align_corner
 @pytest.mark.parametrize("align_corners", ALIGN)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_grid_sample_matches_native(implementation, shape, padding_mode, align_corners, seed):
+def test_grid_sample_matches_native(sampler_implementation, shape, padding_mode, align_corners, seed):
     generator = torch.Generator().manual_seed(seed)
     batch, channels, height, width, out_height, out_width = shape
     input = torch.randn(batch, channels, height, width, generator=generator)
@@ -82,7 +72,7 @@ def test_grid_sample_matches_native(implementation, shape, padding_mode, align_c
 
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_both_sampler_ops_match_native(implementation, padding_mode, channels):
+def test_both_sampler_ops_match_native(sampler_implementation, padding_mode, channels):
     # grid_sample runs stn::grid_sample_with_context when autograd wants gradients in eager
     # mode and stn::grid_sample otherwise (no grad, torch.compile, export): both must be right.
     generator = torch.Generator().manual_seed(2)
@@ -119,7 +109,7 @@ def test_backward_in_groups_of_images_matches_native(monkeypatch, padding_mode, 
 
 
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_grid_sample_matches_native_on_non_contiguous_tensors(implementation, padding_mode):
+def test_grid_sample_matches_native_on_non_contiguous_tensors(sampler_implementation, padding_mode):
     generator = torch.Generator().manual_seed(3)
     # A channels-last input sliced to every other column, and a grid stored as [N, 2, H, W].
     storage = torch.randn(2, 8, 12, 3, generator=generator)
@@ -137,7 +127,7 @@ def test_grid_sample_matches_native_on_non_contiguous_tensors(implementation, pa
 
 @pytest.mark.parametrize("align_corners", ALIGN)
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_gradient_at_pixel_centres_matches_native(implementation, padding_mode, align_corners):
+def test_gradient_at_pixel_centres_matches_native(sampler_implementation, padding_mode, align_corners):
     # The identity grid lands on integer pixel coordinates, where bilinear sampling has a kink:
     # the grid gradient there must be torch's (the difference towards the next pixel), or a
     # spatial transformer initialised at the identity would get no gradient.
@@ -155,7 +145,7 @@ def test_gradient_at_pixel_centres_matches_native(implementation, padding_mode, 
 
 @pytest.mark.parametrize("align_corners", ALIGN)
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_identity_theta_reproduces_the_input(implementation, padding_mode, align_corners):
+def test_identity_theta_reproduces_the_input(sampler_implementation, padding_mode, align_corners):
     generator = torch.Generator().manual_seed(5)
     input = torch.randn(3, 2, 7, 9, generator=generator, dtype=torch.float64)
     theta = torch.eye(2, 3, dtype=torch.float64).repeat(3, 1, 1)
@@ -167,7 +157,7 @@ def test_identity_theta_reproduces_the_input(implementation, padding_mode, align
     )
 
 
-def test_hand_computed_three_by_three_example(implementation):
+def test_hand_computed_three_by_three_example(sampler_implementation):
     # input (one channel):       grid points (x, y), align_corners=True so pixel = g + 1:
     #   [[1, 2, 0],              a: (-0.5,  0.0) -> pixel (0.5, 1.0)
     #    [4, 8, 6],              b: ( 0.5,  0.5) -> pixel (1.5, 1.5)
@@ -205,7 +195,7 @@ def test_hand_computed_three_by_three_example(implementation):
 
 @pytest.mark.parametrize("align_corners", ALIGN)
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_grid_sample_gradcheck(implementation, padding_mode, align_corners):
+def test_grid_sample_gradcheck(sampler_implementation, padding_mode, align_corners):
     generator = torch.Generator().manual_seed(6)
     input = torch.randn(2, 2, 4, 5, generator=generator, dtype=torch.float64, requires_grad=True)
     grid = random_grid(generator, 2, 3, 3, torch.float64, spread=1.3).requires_grad_()
@@ -248,7 +238,7 @@ def test_affine_grid_on_non_contiguous_theta():
     )
 
 
-def test_full_layer_gradient_matches_native(implementation):
+def test_full_layer_gradient_matches_native(sampler_implementation):
     # affine_grid feeding grid_sample, as a spatial transformer uses them: theta gets the
     # gradient of the whole chain.
     generator = torch.Generator().manual_seed(8)
@@ -271,7 +261,7 @@ def test_full_layer_gradient_matches_native(implementation):
         torch.testing.assert_close(mine, reference, atol=1e-4, rtol=1e-5)
 
 
-def test_no_native_sampler_or_affine_grid_kernel_is_called(implementation, monkeypatch):
+def test_no_native_sampler_or_affine_grid_kernel_is_called(sampler_implementation, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a native grid sampler or affine-grid kernel was called")
 
@@ -298,7 +288,7 @@ def test_no_native_sampler_or_affine_grid_kernel_is_called(implementation, monke
     }
     assert native == set(), native
     kernel_ops = {"stn_kernel::bilinear_sample", "stn_kernel::bilinear_sample_backward"}
-    if implementation == "kernel":
+    if sampler_implementation == "kernel":
         # One op each way, both the fused kernel's.
         assert {"stn::grid_sample", "stn::grid_sample_backward", *kernel_ops} <= names
         assert "stn::grid_sample_with_context" not in names
@@ -438,7 +428,7 @@ def test_backward_functions_skip_gradients_not_asked_for():
         ),
     ],
 )
-def test_custom_op_registration_passes_opcheck(implementation, op, args):
+def test_custom_op_registration_passes_opcheck(sampler_implementation, op, args):
     # The backward op has no gradient of its own (nor has torch's grid sampler backward).
     differentiable = op is not torch.ops.stn.grid_sample_backward.default
     args = tuple(
@@ -467,13 +457,13 @@ def _compiled_matches_eager(backend, channels):
 
 
 @pytest.mark.parametrize("channels", [1, 2])
-def test_layer_runs_under_torch_compile_fullgraph(implementation, channels):
+def test_layer_runs_under_torch_compile_fullgraph(sampler_implementation, channels):
     torch._dynamo.reset()
     _compiled_matches_eager("aot_eager", channels)
 
 
 @pytest.mark.slow
-def test_layer_runs_under_torch_compile_inductor(implementation):
+def test_layer_runs_under_torch_compile_inductor(sampler_implementation):
     torch._dynamo.reset()
     _compiled_matches_eager("inductor", 2)
 
@@ -504,7 +494,7 @@ def test_layer_matches_native_on_cuda(channels, padding_mode):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_empty_batch_gives_empty_output_and_gradients(implementation, channels):
+def test_empty_batch_gives_empty_output_and_gradients(sampler_implementation, channels):
     input = torch.rand(0, channels, 5, 5, requires_grad=True)
     theta = torch.zeros(0, 2, 3, requires_grad=True)
     output = grid_sample(input, affine_grid(theta, (0, channels, 4, 3)))
@@ -514,7 +504,7 @@ def test_empty_batch_gives_empty_output_and_gradients(implementation, channels):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_nan_grid_points_give_nan_output_instead_of_an_error(implementation, channels):
+def test_nan_grid_points_give_nan_output_instead_of_an_error(sampler_implementation, channels):
     input = torch.rand(2, channels, 5, 5)
     grid = torch.zeros(2, 3, 3, 2)
     grid[0, 1, 1] = float("nan")

@@ -16,13 +16,13 @@ def other_cores() -> int:
 
 
 @contextlib.contextmanager
-def busy_processes(count: int) -> Iterator[int]:
+def busy_processes(count: int) -> Iterator[list[subprocess.Popen]]:
     """Run `count` Python processes that spin until the block ends (then they are killed)."""
     spinners = [
         subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)
     ]
     try:
-        yield count
+        yield spinners
     finally:
         for spinner in spinners:
             spinner.kill()
