@@ -54,17 +54,19 @@ Padding parse_padding(c10::string_view name) {
 // One axis of the input (size pixels): a normalised grid coordinate in [-1, 1] to a pixel
 // coordinate after the padding mode, and d pixel / d grid coordinate. Written without branches,
 // so that the loop over a block's points vectorises.
-template <typename scalar_t, Padding padding, bool align_corners>
+template <typename scalar_t, Padding padding>
 struct Axis {
   scalar_t scale;       // the unnormalisation's slope
+  scalar_t shift;       // 0 with align_corners, else 0.5 (subtracting 0 changes nothing)
   scalar_t last;        // size - 1: border and reflection clip to [0, last]
   scalar_t low;         // reflection folds into [low, low + twice_span / 2]
   scalar_t twice_span;  // 1 where the span is empty (one pixel with align_corners) ...
   scalar_t nonempty;    // ... and then 0, so that every point folds to 0
 
-  explicit Axis(int64_t size)
+  Axis(int64_t size, bool align_corners)
       : scale(align_corners ? static_cast<scalar_t>(size - 1) / 2
                             : static_cast<scalar_t>(size) / 2),
+        shift(align_corners ? scalar_t(0) : scalar_t(0.5)),
         last(static_cast<scalar_t>(size - 1)),
         low(align_corners ? scalar_t(0) : scalar_t(-0.5)),
         twice_span(static_cast<scalar_t>(align_corners ? 2 * (size - 1) : 2 * size)),
@@ -73,8 +75,7 @@ struct Axis {
   }
 
   inline scalar_t pixel(scalar_t grid, scalar_t& slope) const {
-    scalar_t x = (grid + 1) * scale;
-    if constexpr (!align_corners) x -= scalar_t(0.5);
+    scalar_t x = (grid + 1) * scale - shift;
     slope = scale;
     if constexpr (padding == Padding::Reflection) {
       const scalar_t shifted = x - low;
@@ -125,15 +126,15 @@ struct Block {
 // all of them.
 constexpr int kChannelTile = 4;
 
-template <typename scalar_t, Padding padding, bool align_corners>
+template <typename scalar_t, Padding padding>
 struct Sampler {
-  Axis<scalar_t, padding, align_corners> axis_x, axis_y;
+  Axis<scalar_t, padding> axis_x, axis_y;
   int32_t width, height;
   int64_t plane_size;
 
-  Sampler(int64_t height, int64_t width)
-      : axis_x(width),
-        axis_y(height),
+  Sampler(int64_t height, int64_t width, bool align_corners)
+      : axis_x(width, align_corners),
+        axis_y(height, align_corners),
         width(static_cast<int32_t>(width)),
         height(static_cast<int32_t>(height)),
         plane_size(height * width) {}
@@ -313,24 +314,17 @@ void for_each_image(int64_t batch, int64_t work_per_image, const Body& body) {
   });
 }
 
+// Calls body(std::integral_constant<Padding, padding>): the padding mode is a template argument,
+// so that the per-point loop has no branches on it.
 template <typename Body>
-void dispatch(Padding padding, bool align_corners, const Body& body) {
-  // The padding mode and align_corners are template arguments, so that the per-point loop has
-  // no branches on them.
-  auto with_padding = [&](auto align) {
-    switch (padding) {
-      case Padding::Zeros:
-        return body(std::integral_constant<Padding, Padding::Zeros>{}, align);
-      case Padding::Border:
-        return body(std::integral_constant<Padding, Padding::Border>{}, align);
-      case Padding::Reflection:
-        return body(std::integral_constant<Padding, Padding::Reflection>{}, align);
-    }
-  };
-  if (align_corners) {
-    with_padding(std::true_type{});
-  } else {
-    with_padding(std::false_type{});
+void dispatch(Padding padding, const Body& body) {
+  switch (padding) {
+    case Padding::Zeros:
+      return body(std::integral_constant<Padding, Padding::Zeros>{});
+    case Padding::Border:
+      return body(std::integral_constant<Padding, Padding::Border>{});
+    case Padding::Reflection:
+      return body(std::integral_constant<Padding, Padding::Reflection>{});
   }
 }
 
@@ -360,9 +354,8 @@ at::Tensor bilinear_sample(const at::Tensor& input_, const at::Tensor& grid_,
     const scalar_t* input_data = input.const_data_ptr<scalar_t>();
     const scalar_t* grid_data = grid.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    dispatch(padding, align_corners, [&](auto pad, auto align) {
-      const Sampler<scalar_t, decltype(pad)::value, decltype(align)::value> sampler(height,
-                                                                                    width);
+    dispatch(padding, [&](auto pad) {
+      const Sampler<scalar_t, decltype(pad)::value> sampler(height, width, align_corners);
       for_each_image<scalar_t>(batch, points * (channels + 2), [&](int64_t n, auto& block) {
         sampler.forward(input_data + n * channels * height * width, grid_data + n * points * 2,
                         output_data + n * channels * points, channels, points, block);
@@ -397,9 +390,8 @@ std::tuple<at::Tensor, at::Tensor> bilinear_sample_backward(
     scalar_t* grad_input_data = need_input_grad ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* grad_grid_data = grad_grid.mutable_data_ptr<scalar_t>();
     const int64_t plane_size = height * width;
-    dispatch(padding, align_corners, [&](auto pad, auto align) {
-      const Sampler<scalar_t, decltype(pad)::value, decltype(align)::value> sampler(height,
-                                                                                    width);
+    dispatch(padding, [&](auto pad) {
+      const Sampler<scalar_t, decltype(pad)::value> sampler(height, width, align_corners);
       for_each_image<scalar_t>(
           batch, points * (2 * channels + 2) + (need_input_grad ? channels * plane_size : 0),
           [&](int64_t n, auto& block) {
