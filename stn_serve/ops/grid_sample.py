@@ -35,15 +35,28 @@ sum: out[p] = sum_k w[p, k] * rows[index[p, k]] (in ONNX terms Gather, Mul, Redu
 bag axis). The input gradient is one `scatter_add_` per neighbour of the weighted output
 gradient into the shifted padded planes, then the padding is cut off.
 
-Two ops share these functions. `stn::grid_sample` (what no-grad calls, torch.compile and the ONNX
-exporter see) saves only its inputs, and its backward, `bilinear_sample_backward`, derives the
-neighbours from the grid again, as torch's own kernel does. `stn::grid_sample_with_context`, which
-`grid_sample` runs in eager mode when autograd wants gradients, also returns what the backward
-needs (`SampleContext`: the top-left indices, fractions and slope, and for the grid gradient the
-padded channels-last input or, for one channel, d out / d (x, y), which the forward gets from the
-neighbour values it has already read), so the backward repeats none of the forward's passes.
-The training backward works through the batch in groups of images, so that its temporaries stay
-small (`_GROUP_ELEMENTS`).
+On the CPU the same steps run as one fused C++ kernel (`csrc/bilinear_sampler.cpp`, built on
+first use by `sampler_kernel`), with the same operations in the same order: step 1 and 2 per axis
+(`Axis::pixel`: the unnormalisation, the reflection fold and the clip, with the slope d x / d gx),
+step 3 per point (`Sampler::locate`: floor, fractions, the four weights, and for each neighbour
+its flat index and whether it lies inside; a neighbour outside reads an exact zero and receives
+nothing), then per channel the gather and weighted sum (forward), or, in the same pass, the sums
+over channels of d out / d x and d out / d y against g and the scatter-add of g * w_y * w_x
+(backward). One parallel loop over the batch: an image's input-gradient planes are written by
+the one thread that claimed it. It serves float32 and float64; elsewhere (other devices and
+dtypes, `STN_SAMPLER_KERNEL=0`, no compiler) the tensor ops below run, and they are what the ONNX
+export and the exported gradient model trace.
+
+Three ops. `stn::grid_sample` (what no-grad calls, torch.compile, the ONNX exporter and, where the
+kernel runs, training see) saves only its inputs, and its backward, `stn::grid_sample_backward`
+(the kernel, or `bilinear_sample_backward`), derives the neighbours from the grid again, as
+torch's own kernel does. `stn::grid_sample_with_context`, which `grid_sample` runs in eager mode
+when autograd wants gradients and the kernel does not run, also returns what the tensor-op
+backward needs (`SampleContext`: the top-left indices, fractions and slope, and for the grid
+gradient the padded channels-last input or, for one channel, d out / d (x, y), which the forward
+gets from the neighbour values it has already read), so the backward repeats none of the
+forward's passes. That backward works through the batch in groups of images, so that its
+temporaries stay small (`_GROUP_ELEMENTS`).
 """
 
 from __future__ import annotations
@@ -625,9 +638,10 @@ def grid_sample(
 ) -> torch.Tensor:
     """Bilinearly sample `input` at `grid`, like `torch.nn.functional.grid_sample(mode="bilinear")`.
 
-    Runs `torch.ops.stn.grid_sample`, whose forward is `bilinear_sample_forward` and whose
-    backward is `bilinear_sample_backward`. Where autograd will want gradients in eager mode it
-    runs `torch.ops.stn.grid_sample_with_context` instead, the same forward that also hands the
+    Runs `torch.ops.stn.grid_sample`: on the CPU the fused kernel, elsewhere
+    `bilinear_sample_forward`, with the backward `torch.ops.stn.grid_sample_backward`. Where the
+    kernel does not run and autograd will want gradients in eager mode, it runs
+    `torch.ops.stn.grid_sample_with_context` instead, the same forward that also hands the
     backward what it derived from the grid; traced graphs (torch.compile, export) keep the one
     op that the exporters map.
 
