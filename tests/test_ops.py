@@ -388,6 +388,18 @@ def test_backward_functions_skip_gradients_not_asked_for():
     assert affine_grid_backward(torch.ones(2, 3, 4, 2), (2, 1, 3, 4), False).shape == (2, 2, 3)
 
 
+def _backward_args(channels, padding_mode, align_corners, need_input_grad):
+    """Arguments of stn::grid_sample_backward: grad_output, input, grid and the settings."""
+    return (
+        torch.randn(2, channels, 6, 2),
+        torch.randn(2, channels, 5, 4),
+        torch.rand(2, 6, 2, 2) * 2 - 1,
+        padding_mode,
+        align_corners,
+        need_input_grad,
+    )
+
+
 @pytest.mark.parametrize(
     "op, args",
     [
@@ -404,28 +416,8 @@ def test_backward_functions_skip_gradients_not_asked_for():
             (torch.randn(2, 1, 5, 4), torch.rand(2, 3, 6, 2) * 2 - 1, "zeros", False),
         ),
         (torch.ops.stn.affine_grid.default, (torch.randn(2, 2, 3), [2, 1, 4, 5], True)),
-        (
-            torch.ops.stn.grid_sample_backward.default,
-            (
-                torch.randn(2, 3, 6, 2),
-                torch.randn(2, 3, 5, 4),
-                torch.rand(2, 6, 2, 2) * 2 - 1,
-                "zeros",
-                False,
-                True,
-            ),
-        ),
-        (
-            torch.ops.stn.grid_sample_backward.default,
-            (
-                torch.randn(2, 1, 6, 2),
-                torch.randn(2, 1, 5, 4),
-                torch.rand(2, 6, 2, 2) * 2 - 1,
-                "border",
-                True,
-                False,
-            ),
-        ),
+        (torch.ops.stn.grid_sample_backward.default, _backward_args(3, "zeros", False, True)),
+        (torch.ops.stn.grid_sample_backward.default, _backward_args(1, "border", True, False)),
     ],
 )
 def test_custom_op_registration_passes_opcheck(sampler_implementation, op, args):
