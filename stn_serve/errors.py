@@ -1,7 +1,7 @@
 """Domain exceptions shared by every part of stn-serve.
 
-The server maps these to gRPC status codes in one place (`stn_serve.server.status`); the CLI turns
-them into a one-line message and exit code 2. Messages name the bad value and the expected one.
+`stn_serve.contract.status` maps them to gRPC status codes for the server and back for the client;
+the CLI turns them into a one-line message and exit code 2. Messages name the bad value and the expected one.
 """
 
 
@@ -27,3 +27,11 @@ class NotReadyError(StnServeError):
 
 class DeadlineExceededError(StnServeError):
     """A request's deadline passed before it could run."""
+
+
+class RequestCancelledError(StnServeError):
+    """The client cancelled a request (or went away) before it was answered."""
+
+
+class DeviceUnavailableError(StnServeError):
+    """The requested device cannot run models (e.g. `--device cuda` on a machine without CUDA)."""

@@ -7,10 +7,11 @@ PNG crops and the batch job's crop files both go through `crop_image`. Free of t
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stn_serve.errors import InvalidInputError
 
@@ -30,6 +31,10 @@ def is_grey(path: str | Path) -> bool:
 
 #: Pillow mode for each channel count a model may take.
 CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+#: What the server and batch inference accept as encoded images.
+ENCODED_FORMATS = ("PNG", "JPEG")
+# Decoding a larger picture could take the server's memory; no use case needs one.
+MAX_ENCODED_PIXELS = 40_000_000
 
 
 def pixels_from_image(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
@@ -81,3 +86,39 @@ def crop_image(crop: np.ndarray) -> Image.Image:
     pixels = np.round(np.clip(crop, 0.0, 1.0) * 255.0).astype(np.uint8)
     # Pillow infers L / RGB / RGBA from a uint8 [h, w] / [h, w, 3] / [h, w, 4] array.
     return Image.fromarray(pixels[0] if crop.shape[0] == 1 else np.moveaxis(pixels, 0, -1))
+
+
+def decode_encoded(data: bytes, shape: tuple[int, int, int], what: str) -> np.ndarray:
+    """PNG or JPEG bytes of any size -> float32[C, H, W] in [0, 1], converted to C channels and
+    resized to H x W (see `pixels_from_image`). Errors are InvalidInputError naming `what`."""
+    channels, height, width = shape
+    if channels not in CHANNEL_MODES:
+        raise InvalidInputError(
+            f"{what}: encoded images cannot feed a model with {channels} channels"
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in ENCODED_FORMATS:
+                raise InvalidInputError(
+                    f"{what} is {image.format}; expected one of {list(ENCODED_FORMATS)}"
+                )
+            if image.width * image.height > MAX_ENCODED_PIXELS:
+                raise InvalidInputError(
+                    f"{what} is {image.width}x{image.height}; expected at most {MAX_ENCODED_PIXELS} pixels"
+                )
+            return pixels_from_image(image, (height, width), channels)
+    except InvalidInputError:
+        raise  # a ValueError of our own, already naming the image
+    except UnidentifiedImageError as error:
+        raise InvalidInputError(
+            f"{what} ({len(data)} bytes) is not an image Pillow can read; expected PNG or JPEG bytes"
+        ) from error
+    except DECODE_ERRORS as error:
+        raise InvalidInputError(f"{what} cannot be decoded as PNG or JPEG: {error}") from error
+
+
+def encode_png(crop: np.ndarray) -> bytes:
+    """float32[C, h, w] in [0, 1] (C in 1, 3, 4) -> PNG bytes."""
+    buffer = io.BytesIO()
+    crop_image(crop).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -10,14 +10,8 @@ import sys
 
 import pytest
 
-from stn_serve.bench.serve import (
-    BATCHING_OFF,
-    BATCHING_ON,
-    NO_OP,
-    InProcess,
-    Served,
-    compute_ratios,
-)
+from stn_serve.bench.serve_load import BATCHING_OFF, BATCHING_ON, NO_OP, InProcess, Served
+from stn_serve.bench.serve_report import Ratio, compute_ratios
 from stn_serve.cli import main
 
 
@@ -115,27 +109,16 @@ def test_ratios_compare_against_the_best_batch_and_the_top_concurrency():
         served(BATCHING_ON, (1, 500.0, 2.5), (32, 4500.0, 9.0))
         + served(BATCHING_OFF, (1, 600.0, 4.0), (32, 1000.0, 30.0)),
     )
-    assert ratios["1 img/req: served c32 batching / in-process best (batch 8)"][:4] == (
-        0.9,
-        ">= 0.8",
-        True,
-        "x",
-    )
+    served_ratio = ratios["1 img/req: served c32 batching / in-process best (batch 8)"]
+    assert (served_ratio.value, served_ratio.target, served_ratio.met) == (0.9, ">= 0.8", True)
+    assert served_ratio.unit == "x"
     # the gain's ceiling: in-process best (5000/s at batch 8) over batch 1 (1000/s)
-    assert ratios["1 img/req: batching on / off at c32"] == (4.5, ">= 3.0", True, "x", 5.0)
+    assert ratios["1 img/req: batching on / off at c32"] == Ratio(4.5, ">= 3.0", True, "x", 5.0)
     # single-image latency is the in-process batch-1 p50 (1.0 ms)
-    assert ratios["1 img/req: p99 c1 batching on - in-process single-image p50"][:4] == (
-        1.5,
-        "<= 2.0 ms",
-        True,
-        " ms",
-    )
-    assert ratios["1 img/req: p99 c1 batching off - in-process single-image p50"][:4] == (
-        3.0,
-        "<= 2.0 ms",
-        False,
-        " ms",
-    )
+    on = ratios["1 img/req: p99 c1 batching on - in-process single-image p50"]
+    assert (on.value, on.target, on.met, on.unit) == (1.5, "<= 2.0 ms", True, " ms")
+    off = ratios["1 img/req: p99 c1 batching off - in-process single-image p50"]
+    assert (off.value, off.target, off.met, off.unit) == (3.0, "<= 2.0 ms", False, " ms")
 
 
 def test_ratios_are_judged_for_each_request_size():
@@ -146,18 +129,12 @@ def test_ratios_are_judged_for_each_request_size():
         + served(BATCHING_ON, (1, 3000.0, 5.0), (32, 4200.0, 9.0), images_per_request=8)
         + served(BATCHING_OFF, (1, 3000.0, 5.0), (32, 4000.0, 9.0), images_per_request=8),
     )
-    assert ratios["1 img/req: served c32 batching / in-process best (batch 8)"][:3] == (
-        0.3,
-        ">= 0.8",
-        False,
-    )
-    assert ratios["8 img/req: served c32 batching / in-process best (batch 8)"][:3] == (
-        0.84,
-        ">= 0.8",
-        True,
-    )
+    single = ratios["1 img/req: served c32 batching / in-process best (batch 8)"]
+    assert (single.value, single.target, single.met) == (0.3, ">= 0.8", False)
+    eight = ratios["8 img/req: served c32 batching / in-process best (batch 8)"]
+    assert (eight.value, eight.target, eight.met) == (0.84, ">= 0.8", True)
     # batch 8 is already the best batch: batching cannot gain anything for 8 images a request
-    assert ratios["8 img/req: batching on / off at c32"][4] == 1.0
+    assert ratios["8 img/req: batching on / off at c32"].ceiling == 1.0
     assert not any(name.startswith("8 img/req: p99") for name in ratios)
 
 
@@ -167,7 +144,7 @@ def test_ratios_without_successful_requests_are_not_judged():
     for row in failed:
         row.requests = 0
     ratios = compute_ratios(in_process(1000.0, 5000.0, 4000.0), failed)
-    assert len(ratios) == 4 and all(met is None for _, _, met, _, _ in ratios.values())
+    assert len(ratios) == 4 and all(ratio.met is None for ratio in ratios.values())
 
 
 @pytest.mark.parametrize("flag", ["--batch-sizes", "--concurrency", "--images-per-request"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from stn_serve.cli import main
+from stn_serve.contract import OUTPUT_NAMES, ModelSpec
 from stn_serve.errors import InvalidInputError, NotFoundError
 from stn_serve.export import (
     SUPPORTED_OPSETS,
@@ -24,8 +25,6 @@ from stn_serve.export.parity import TOLERANCES, Tolerance, compare
 from stn_serve.export.repository import choose_version, existing_versions, publish
 from stn_serve.export.session import cpu_session, run
 from stn_serve.models import ModelConfig, build_model
-from stn_serve.runtime import OUTPUT_NAMES
-from stn_serve.runtime.spec import parse_spec
 from stn_serve.train.checkpoint import save_checkpoint
 
 LABELS = [str(digit) for digit in range(10)]
@@ -76,7 +75,7 @@ def test_export_writes_the_version_folder(exported):
 def test_model_json_follows_the_contract(exported):
     _, folder = exported
     description = json.loads((folder / "model.json").read_text())
-    spec = parse_spec(description, folder / "model.json")  # what the serving side reads
+    spec = ModelSpec.from_json(description, folder / "model.json")  # what the serving side reads
     assert (spec.name, spec.version, spec.labels) == ("digits", 1, tuple(LABELS))
     assert spec.input_shape == (1, 28, 28)
     assert spec.output_shapes == {"logits": (10,), "probabilities": (10,), "crop": (1, 20, 20), "theta": (6,)}
@@ -206,7 +205,7 @@ def test_plain_cnn_exports_without_transform(tmp_path):
     images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     folder = export_model(fresh_model(config), config, LABELS, tmp_path, "baseline", verify_inputs=images)
     description = json.loads((folder / "model.json").read_text())
-    spec = parse_spec(description, folder / "model.json")
+    spec = ModelSpec.from_json(description, folder / "model.json")
     assert description["transform"] == "none" and spec.output_shapes["theta"] == (0,)
     assert description["parity"]["batch_sizes"] == [1, 3]
     with pytest.raises(InvalidInputError, match="has no spatial transformer"):

@@ -57,10 +57,10 @@ def test_affine_and_projective_grids_match_the_ops(size, align_corners, dtype):
     generator = torch.Generator().manual_seed(0)
     height, width = size
     attributes = {"height": height, "width": width, "align_corners": int(align_corners)}
-    theta = (torch.eye(2, 3, dtype=torch.float64) + 0.3 * torch.randn(3, 2, 3, generator=generator,
+    matrix = (torch.eye(2, 3, dtype=torch.float64) + 0.3 * torch.randn(3, 2, 3, generator=generator,
                                                                       dtype=torch.float64)).to(dtype)
-    expected = affine_grid(theta, (3, 1, height, width), align_corners)
-    torch.testing.assert_close(run_function("AffineGrid", {"theta": theta}, attributes), expected,
+    expected = affine_grid(matrix, (3, 1, height, width), align_corners)
+    torch.testing.assert_close(run_function("AffineGrid", {"matrix": matrix}, attributes), expected,
                                rtol=0, atol=ATOL[dtype])
     homography = torch.eye(3, dtype=torch.float64) + 0.1 * torch.randn(3, 3, 3, generator=generator,
                                                                        dtype=torch.float64)
@@ -86,7 +86,7 @@ def test_tps_grid_matches_the_op(size, align_corners, dtype):
 
 def test_nested_function_definitions_are_attached():
     model = onnx.load_from_string(function_model(
-        "AffineGrid", {"theta": np.zeros((1, 2, 3), np.float32)},
+        "AffineGrid", {"matrix": np.zeros((1, 2, 3), np.float32)},
         {"height": 2, "width": 2, "align_corners": 0}, onnx.TensorProto.FLOAT))
     assert sorted((f.domain, f.name) for f in model.functions) == [("stn", "AffineGrid"), ("stn", "BaseGrid")]
     assert all({o.domain: o.version for o in f.opset_import} == {"": 20, "stn": 1} for f in model.functions)

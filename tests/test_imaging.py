@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from stn_serve.data import load_split
-from stn_serve.server.images import decode_encoded
+from stn_serve.imaging import decode_encoded
 
 
 def _png(image: Image.Image, **save_options) -> bytes:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stn_serve.contract import TRANSFORMS
 from stn_serve.errors import InvalidInputError
 from stn_serve.models import (
     ARCHS,
-    TRANSFORMS,
     ModelConfig,
     ModelOutput,
     SpatialTransformer,
@@ -176,11 +176,3 @@ def test_forward_compiles_as_one_graph_with_dynamic_batch(arch):
         for ours, reference in zip(compiled(image), model(image)):
             torch.testing.assert_close(ours, reference)
 
-
-def test_the_torch_free_config_names_what_the_ops_offer():
-    """models.config keeps its own copies (it loads without torch); they must not drift."""
-    from stn_serve import ops
-    from stn_serve.models import config
-
-    assert config.PADDING_MODES == ops.PADDING_MODES
-    assert config.TRANSFORMS == tuple(ops.TRANSFORMS)

@@ -12,7 +12,8 @@ import logging
 import pytest
 import torch
 
-from stn_serve.ops import PADDING_MODES, affine_grid, grid_sample, sampler_kernel
+from stn_serve.contract import PADDING_MODES
+from stn_serve.ops import affine_grid, grid_sample, sampler_kernel
 from test_ops import ALIGN, native, value_and_grads
 
 

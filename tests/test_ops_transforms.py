@@ -8,11 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stn_serve.contract import TRANSFORMS
 from stn_serve.errors import InvalidInputError
 from stn_serve.ops import (
-    TRANSFORMS,
-    ProjectiveGrid,
-    TPSGrid,
     make_transform,
     projective_grid,
     tps_control_points,
@@ -208,10 +206,6 @@ def test_transform_reprs_show_their_settings():
     )
     assert repr(make_transform("attention", (28, 28), align_corners=True)) == (
         "Attention(num_params=3, out_size=(28, 28), align_corners=True)"
-    )
-    assert repr(ProjectiveGrid((2, 3))) == "ProjectiveGrid(out_size=(2, 3), align_corners=False)"
-    assert repr(TPSGrid((2, 3), True, (2, 2))) == (
-        "TPSGrid(out_size=(2, 3), align_corners=True, control_grid=(2, 2))"
     )
 
 

@@ -17,6 +17,7 @@ import onnx
 import pytest
 import torch
 
+from stn_serve.contract import OUTPUT_NAMES, PADDING_MODES, TRANSFORMS
 from stn_serve.export.gradients import (
     GRADIENT_INPUTS,
     GRADIENT_OUTPUTS,
@@ -28,9 +29,6 @@ from stn_serve.export.graph import ServingGraph, to_onnx
 from stn_serve.export.parity import GRADIENT_TOLERANCES, TOLERANCES, compare
 from stn_serve.export.session import cpu_session, run
 from stn_serve.models import ModelConfig, build_model
-from stn_serve.ops import PADDING_MODES
-from stn_serve.ops.transforms import TRANSFORMS
-from stn_serve.runtime import OUTPUT_NAMES
 
 BATCH_SIZES = (1, 3, 17)
 # Non-square input and crop of different sizes, so that a height/width mix-up shows.

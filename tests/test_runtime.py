@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import DIGITS_SHAPE, build_affine_stn_onnx, cuda_usable, model_json, write_model
 
-from stn_serve.errors import InvalidInputError, NotFoundError, NotReadyError
-from stn_serve.runtime import DeviceUnavailableError, ModelRepository, OnnxModel, RuntimeOptions
+from stn_serve.errors import DeviceUnavailableError, InvalidInputError, NotFoundError, NotReadyError
+from stn_serve.runtime import ModelRepository, OnnxModel, RuntimeOptions
 from stn_serve.runtime.providers import CPU, CUDA, check_session_provider, requested_providers
 
 CPU_ONLY = RuntimeOptions(device="cpu")

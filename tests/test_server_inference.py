@@ -180,6 +180,11 @@ BAD_INFERS = {
         INVALID,
         "model version must be a positive integer, got 'latest'",
     ),
+    "non-ascii-version": (
+        service_pb2.ModelInferRequest(model_name="digits", model_version="\u00b2"),
+        INVALID,
+        "model version must be a positive integer, got '\u00b2'",
+    ),
 }
 
 

@@ -8,6 +8,7 @@ import textwrap
 
 # Serving modules per docs/contracts.md (packages are walked).
 SERVING = [
+    "stn_serve.contract",
     "stn_serve.errors",
     "stn_serve.logs",
     "stn_serve.imaging",
@@ -17,6 +18,8 @@ SERVING = [
     "stn_serve.client",
     "stn_serve.batch",
     "stn_serve.bench.serve",
+    "stn_serve.bench.serve_load",
+    "stn_serve.bench.serve_report",
     "stn_serve.commands.serve",
     "stn_serve.commands.predict",
     "stn_serve.commands.batch",

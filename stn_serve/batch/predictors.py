@@ -13,6 +13,7 @@ from stn_serve.batch.inputs import InputFile
 from stn_serve.client import Client, Prediction
 from stn_serve.client.results import ClassScore
 from stn_serve.errors import InvalidInputError, ResourceExhaustedError, StnServeError
+from stn_serve.imaging import decode_encoded
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,6 @@ class LocalPredictor:
         self.top_k = top_k
 
     def predict(self, chunk: list[Encoded]) -> Outcome:
-        from stn_serve.server.images import decode_encoded
-
         decoded, failed = [], []
         for file, data in chunk:
             try:

@@ -73,9 +73,8 @@ def run(args) -> int:
     import onnxruntime
     import torch
 
+    from stn_serve.contract import EXECUTION_PROVIDERS, INPUT_NAME, OUTPUT_NAMES
     from stn_serve.export.graph import ServingGraph, to_onnx
-    from stn_serve.runtime.providers import CPU
-    from stn_serve.runtime.spec import INPUT_NAME, OUTPUT_NAMES
 
     if args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         raise InvalidInputError(
@@ -95,7 +94,9 @@ def run(args) -> int:
     export_seconds = time.perf_counter() - start
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=[CPU])
+    session = onnxruntime.InferenceSession(
+        proto.SerializeToString(), options, providers=[EXECUTION_PROVIDERS["cpu"]]
+    )
 
     print(f"stn-serve bench export: {config.arch} {config.transform}, input {list(shape)}, opset {args.opset}, "
           f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__} "

@@ -5,9 +5,21 @@ from stn_serve.client import Client
 with Client("localhost:8001") as client:
     for prediction in client.predict(["a.png", "b.png"]):
         print(prediction.label, prediction.top_k[0].probability, prediction.crop.shape)
+
+Names are imported on first use, so the command line reads the client's defaults
+(`stn_serve.client.defaults`) without loading gRPC.
 """
 
-from stn_serve.client.client import Client
-from stn_serve.client.results import ClassScore, ModelInfo, Prediction
+from __future__ import annotations
 
-__all__ = ["ClassScore", "Client", "ModelInfo", "Prediction"]
+from stn_serve._lazy import lazy_exports
+
+_EXPORTS = {
+    "Client": "client",
+    "ClassScore": "results",
+    "ModelInfo": "results",
+    "Prediction": "results",
+}
+__all__ = list(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ import json
 
 import grpc
 
-DEFAULT_MAX_MESSAGE_MB = 64
+from stn_serve.client.defaults import DEFAULT_MAX_MESSAGE_MB
 
 # round_robin keeps a sub-channel to every address the resolver returns, so a `dns:///` target
 # naming a headless Service spreads requests over all pods instead of pinning one HTTP/2

@@ -10,14 +10,14 @@ import grpc
 import numpy as np
 
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
-from stn_serve.client.channel import DEFAULT_MAX_MESSAGE_MB, open_channel
+from stn_serve.client.channel import open_channel
+from stn_serve.client.defaults import DEFAULT_MAX_MESSAGE_MB, DEFAULT_TIMEOUT_S
 from stn_serve.client.images import to_images
 from stn_serve.client.results import ClassScore, ModelInfo, Prediction
 from stn_serve.client.status import error_from_rpc
 from stn_serve.client.tensors import from_tensor
+from stn_serve.contract import DEFAULT_TOP_K
 from stn_serve.errors import NotReadyError, StnServeError
-
-DEFAULT_TIMEOUT_S = 30.0
 
 
 class Client:
@@ -84,7 +84,7 @@ class Client:
         *,
         model: str | None = None,
         version: int | None = None,
-        top_k: int = 5,
+        top_k: int = DEFAULT_TOP_K,
         timeout: float | None = None,
     ) -> list[Prediction]:
         """Predict one or many images with one model; results keep the input's order.
@@ -105,7 +105,7 @@ class Client:
         *,
         model: str | None = None,
         version: int | None = None,
-        top_k: int = 5,
+        top_k: int = DEFAULT_TOP_K,
         timeout: float | None = None,
     ) -> Iterator[list[Prediction]]:
         """Send each element of `batches` (anything `predict` takes) as one request on a single

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from stn_serve.commands.predict import client_options, remote_predictor
-from stn_serve.runtime.providers import DEVICES
+from stn_serve.commands.connection import client_options, remote_predictor
+from stn_serve.contract import DEVICES
 
 FAILURES_SHOWN = 20
 

@@ -5,27 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_SERVER = "localhost:8001"
-REQUEST_IMAGES = (
-    32  # images per Predict request, so a long argument list stays under the message limit
-)
+from stn_serve.commands.connection import DEFAULT_SERVER, client_options, remote_predictor
 
-
-def client_options() -> argparse.ArgumentParser:
-    """Flags for talking to a model, shared by `predict` and `batch`."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument(
-        "--model", type=str, default="", help="model name (empty: the only model the server holds)"
-    )
-    parser.add_argument("--version", type=int, default=0, help="model version (0: the newest)")
-    parser.add_argument("--top-k", type=int, default=5, help="classes to report per image")
-    parser.add_argument(
-        "--timeout", type=float, default=30.0, help="deadline in seconds for each request"
-    )
-    parser.add_argument(
-        "--max-message-mb", type=float, default=64.0, help="largest gRPC message sent or received"
-    )
-    return parser
+# Images per Predict request, so a long argument list stays under the message limit.
+REQUEST_IMAGES = 32
 
 
 def add_parser(subparsers, parents):
@@ -67,28 +50,11 @@ def format_prediction(image: str, prediction) -> str:
     return "\n".join(lines)
 
 
-def remote_predictor(args):
-    """A RemotePredictor on `args.server` with the `client_options` flags."""
-    from stn_serve.batch.predictors import RemotePredictor
-    from stn_serve.client import Client
-
-    client = Client(
-        args.server,
-        model=args.model,
-        version=args.version,
-        timeout=args.timeout,
-        max_message_mb=args.max_message_mb,
-    )
-    return RemotePredictor(client, args.top_k)
-
-
 def run(args) -> int:
     import json
     import sys
 
-    from stn_serve.batch.crops import crop_name, save_crop
-    from stn_serve.batch.inputs import InputFile
-    from stn_serve.batch.runner import predict_chunk, prediction_record
+    from stn_serve.batch import InputFile, crop_name, predict_chunk, prediction_record, save_crop
 
     failures = []
     with remote_predictor(args) as predictor:

@@ -4,9 +4,15 @@ reflection) with Prometheus metrics. Runs with torch absent."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS
-from stn_serve.runtime.providers import DEVICES
+from stn_serve.contract import DEVICES
+from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS, RuntimeOptions
+from stn_serve.server.options import ServerOptions
+
+# The flags' defaults are the options' own: one source for each.
+SERVER = {field.name: field.default for field in dataclasses.fields(ServerOptions)}
+RUNTIME = {field.name: field.default for field in dataclasses.fields(RuntimeOptions)}
 
 
 def add_parser(subparsers, parents):
@@ -33,25 +39,25 @@ def add_parser(subparsers, parents):
     )
     add(
         "--device",
-        default="auto",
+        default=RUNTIME["device"],
         choices=DEVICES,
         help="auto: CUDA where it loads, else CPU; cuda: fail at start-up without CUDA; cpu",
     )
     add(
         "--intra-op-threads",
         type=int,
-        default=0,
+        default=RUNTIME["intra_op_threads"],
         help="ONNX Runtime threads within an op; 0 = its default",
     )
     add(
         "--inter-op-threads",
         type=int,
-        default=0,
+        default=RUNTIME["inter_op_threads"],
         help="ONNX Runtime threads across ops; 0 = its default",
     )
     add(
         "--graph-optimization",
-        default="all",
+        default=RUNTIME["graph_optimization"],
         choices=GRAPH_OPTIMIZATIONS,
         help="ONNX Runtime graph optimisation level",
     )
@@ -64,44 +70,44 @@ def add_parser(subparsers, parents):
     add(
         "--workers",
         type=int,
-        default=32,
+        default=SERVER["workers"],
         help="gRPC handler threads (each in-flight request holds one)",
     )
     add(
         "--instances",
         type=int,
-        default=1,
+        default=SERVER["instances"],
         help="ONNX Runtime runs of one model version at once (each a batch); on a CPU, "
         "instances x --intra-op-threads should not exceed the cores",
     )
     add(
         "--max-batch-size",
         type=int,
-        default=32,
+        default=SERVER["max_batch_size"],
         help="most images merged into one ONNX Runtime run; 1 turns dynamic batching off",
     )
     add(
         "--max-queue-delay-us",
         type=int,
-        default=2000,
+        default=SERVER["max_queue_delay_us"],
         help="how long the first request of a batch waits for others, in microseconds",
     )
     add(
         "--max-queue-size",
         type=int,
-        default=128,
+        default=SERVER["max_queue_size"],
         help="requests waiting per model version before RESOURCE_EXHAUSTED",
     )
     add(
         "--max-images-per-request",
         type=int,
-        default=64,
+        default=SERVER["max_images_per_request"],
         help="more images in one request is refused",
     )
     add(
         "--max-message-mb",
         type=float,
-        default=16.0,
+        default=SERVER["max_message_mb"],
         help="largest request message accepted, in MiB",
     )
     add(

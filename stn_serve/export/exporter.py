@@ -7,7 +7,6 @@ inputs and outputs with a dynamic batch, `check_model(full_check=True)`, then ON
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -17,6 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from stn_serve.contract import (
+    GRADIENTS_FILE,
+    INPUT_NAME,
+    MODEL_FILE,
+    OUTPUT_NAMES,
+    SPEC_FILE,
+    check_name,
+)
 from stn_serve.errors import InvalidInputError
 from stn_serve.export.gradients import (
     GRADIENT_INPUTS,
@@ -34,9 +41,8 @@ from stn_serve.export.parity import (
     compare,
     require_parity,
 )
-from stn_serve.export.repository import check_name, choose_version, publish
+from stn_serve.export.repository import choose_version, publish
 from stn_serve.models import ModelConfig
-from stn_serve.runtime.spec import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -197,13 +203,13 @@ def export_model(
     files = {}
     if gradients:
         gradient_proto, parity["gradients"] = export_gradient_model(model, images, opset)
-        files["gradients.onnx"] = gradient_proto.SerializeToString()
+        files[GRADIENTS_FILE] = gradient_proto.SerializeToString()
     with torch.no_grad():
         num_params = model(images[:1]).theta.shape[1]
-    description = describe(config, labels, name, version, opset, num_params, metrics or {}, parity)
-    set_metadata(proto, description)
-    files["model.onnx"] = proto.SerializeToString()
-    files["model.json"] = (json.dumps(description, indent=2) + "\n").encode()
+    spec = describe(config, labels, name, version, opset, num_params, metrics or {}, parity)
+    set_metadata(proto, spec)
+    files[MODEL_FILE] = proto.SerializeToString()
+    files[SPEC_FILE] = spec.dumps().encode()
     target = publish(Path(repository), name, version, files)
     log.info("exported", extra={"path": str(target), "opset": opset, "files": sorted(files)})
     return target

@@ -48,11 +48,11 @@ def BaseGrid(like, height: int, width: int, align_corners: int):
 
 
 @script(stn, default_opset=op)
-def AffineGrid(theta, height: int, width: int, align_corners: int):
-    """theta (Tensor[N, 2, 3]) -> grid (Tensor[N, h, w, 2]): grid = theta @ (x, y, 1)."""
-    base = BaseGrid(theta, height=height, width=width, align_corners=align_corners)  # (h, w, 3)
+def AffineGrid(matrix, height: int, width: int, align_corners: int):
+    """matrix (Tensor[N, 2, 3]) -> grid (Tensor[N, h, w, 2]): grid = matrix @ (x, y, 1)."""
+    base = BaseGrid(matrix, height=height, width=width, align_corners=align_corners)  # (h, w, 3)
     # (h, w, 3) @ (N, 1, 3, 2) broadcasts to (N, h, w, 2).
-    return op.MatMul(base, op.Unsqueeze(op.Transpose(theta, perm=[0, 2, 1]), [1]))
+    return op.MatMul(base, op.Unsqueeze(op.Transpose(matrix, perm=[0, 2, 1]), [1]))
 
 
 @script(stn, default_opset=op)

@@ -7,8 +7,8 @@ import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from stn_serve.contract import NO_TRANSFORM, ModelSpec
 from stn_serve.models import ModelConfig
-from stn_serve.runtime.spec import FORMAT, INPUT_NAME
 
 if TYPE_CHECKING:
     import onnx
@@ -36,8 +36,8 @@ def describe(
     num_params: int,
     metrics: dict,
     parity: dict,
-) -> dict:
-    """The `model.json` document of docs/contracts.md.
+) -> ModelSpec:
+    """What `model.json` says of the exported model (docs/contracts.md).
 
     Args:
         config: the model's architecture and input contract.
@@ -49,39 +49,43 @@ def describe(
         parity: the torch vs ONNX Runtime figures measured at export.
     """
     channels = config.in_channels
-    crop_height, crop_width = config.classifier_size
-    return {
-        "name": name,
-        "version": version,
-        "format": FORMAT,
-        "labels": list(labels),
-        "input": {"name": INPUT_NAME, "shape": [channels, *config.input_size], "dtype": "float32",
-                  "range": [0.0, 1.0]},
-        "outputs": {"logits": [len(labels)], "probabilities": [len(labels)],
-                    "crop": [channels, crop_height, crop_width], "theta": [num_params]},
-        "transform": config.transform if config.arch == "stcnn" else "none",
-        "crop_size": [crop_height, crop_width],
-        "padding_mode": config.padding_mode,
-        "align_corners": config.align_corners,
-        "normalisation": {"mean": list(config.mean), "std": list(config.std)},
-        "opset": opset,
-        "metrics": dict(metrics),
-        "parity": parity,
-        "versions": package_versions(),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    return ModelSpec(
+        name=name,
+        version=version,
+        labels=tuple(labels),
+        input_shape=(channels, *config.input_size),
+        output_shapes={
+            "logits": (len(labels),),
+            "probabilities": (len(labels),),
+            "crop": (channels, *config.classifier_size),
+            "theta": (num_params,),
+        },
+        transform=config.transform if config.arch == "stcnn" else NO_TRANSFORM,
+        padding_mode=config.padding_mode,
+        align_corners=config.align_corners,
+        mean=tuple(config.mean),
+        std=tuple(config.std),
+        opset=opset,
+        metrics=dict(metrics),
+        parity=parity,
+        versions=package_versions(),
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
 
 
-def set_metadata(model: onnx.ModelProto, description: dict) -> None:
-    """Copy `description` (a `describe` result) into `model.metadata_props`, one entry per key;
+def set_metadata(model: onnx.ModelProto, spec: ModelSpec) -> None:
+    """Copy `spec`'s `model.json` document into `model.metadata_props`, one entry per key;
     values other than strings are written as JSON."""
     del model.metadata_props[:]
-    for key, value in description.items():
+    for key, value in spec.to_json().items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         model.metadata_props.add(key=key, value=text)
-    transform = description["transform"]
-    kind = "plain CNN classifier" if transform == "none" else f"{transform} spatial transformer classifier"
+    kind = (
+        "plain CNN classifier"
+        if spec.transform == NO_TRANSFORM
+        else f"{spec.transform} spatial transformer classifier"
+    )
     model.doc_string = (
-        f"stn-serve model {description['name']} version {description['version']}: {kind}; "
-        f"input image float32 [N, {', '.join(map(str, description['input']['shape']))}] in [0, 1]."
+        f"stn-serve model {spec.name} version {spec.version}: {kind}; "
+        f"input image float32 [N, {', '.join(map(str, spec.input_shape))}] in [0, 1]."
     )

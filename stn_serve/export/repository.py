@@ -9,26 +9,12 @@ sees a half-written version, and a failed export leaves the repository as it was
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from stn_serve.contract import is_version_directory
 from stn_serve.errors import InvalidInputError
-from stn_serve.runtime.repository import is_version_directory
-
-# A model name is one path component that a URL, a shell and Triton take as it is.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def check_name(name: str) -> str:
-    """`name` if it can name a model folder, else InvalidInputError."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise InvalidInputError(
-            f"model name must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or "
-            f"digit, got {name!r}"
-        )
-    return name
 
 
 def existing_versions(repository: Path, name: str) -> list[int]:

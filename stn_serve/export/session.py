@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from stn_serve.runtime.providers import CPU
+from stn_serve.contract import EXECUTION_PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def cpu_session(model: bytes):
     """
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(model, providers=[CPU])
+    session = onnxruntime.InferenceSession(model, providers=[EXECUTION_PROVIDERS["cpu"]])
     log.info("onnxruntime session", extra={"provider": session.get_providers()[0]})
     return session
 

@@ -6,12 +6,10 @@ Names are imported on first use, so `stn_serve.models.config` (stdlib only) load
 
 from __future__ import annotations
 
-import importlib
+from stn_serve._lazy import lazy_exports
 
 _EXPORTS = {
     "ARCHS": "config",
-    "PADDING_MODES": "config",
-    "TRANSFORMS": "config",
     "ModelConfig": "config",
     "build_model": "build",
     "count_parameters": "build",
@@ -24,8 +22,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from stn_serve.contract import PADDING_MODES, TRANSFORMS
 from stn_serve.errors import InvalidInputError
 
 ARCHS = ("stcnn", "cnn")
-TRANSFORMS = ("translation", "attention", "similarity", "affine", "projective", "tps")
-PADDING_MODES = ("zeros", "border", "reflection")
 
 
 @dataclass

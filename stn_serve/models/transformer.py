@@ -63,13 +63,17 @@ class SpatialTransformer(nn.Module):
             crop (Tensor[N, C, h, w]) and theta (Tensor[N, P]).
         """
         theta = self.localisation(image if loc_input is None else loc_input)
+        return self.sample(image, theta), theta
+
+    def sample(self, image: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The crop (Tensor[N, C, h, w]) of `image` (Tensor[N, C, H, W]) through the transform
+        parameters `theta` (Tensor[N, P])."""
         if self.native_ops:
-            return self._native_crop(image, theta), theta
+            return self._native_crop(image, theta)
         grid = self.grid_generator(theta)  # (N, h, w, 2)
-        crop = grid_sample(
+        return grid_sample(
             image, grid, padding_mode=self.padding_mode, align_corners=self.align_corners
         )
-        return crop, theta
 
     def _native_crop(self, image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """The crop by torch.nn.functional.affine_grid and grid_sample (see `native_ops`)."""
@@ -79,7 +83,7 @@ class SpatialTransformer(nn.Module):
             )
         size = [image.shape[0], image.shape[1], *self.crop_size]
         grid = F.affine_grid(
-            self.grid_generator.theta(params), size, align_corners=self.align_corners
+            self.grid_generator.matrix(params), size, align_corners=self.align_corners
         )
         return F.grid_sample(
             image,

@@ -66,12 +66,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from stn_serve.contract import PADDING_MODES
 from stn_serve.errors import InvalidInputError
 from stn_serve.ops import sampler_kernel
 from stn_serve.ops._checks import require_floating, require_same_dtype, shape_text
 
-# models.config keeps its own torch-free copy; tests/test_models.py holds the two equal.
-PADDING_MODES = ("zeros", "border", "reflection")
 
 # The sampled map is padded with this many zero pixels on each side, so that every clamped
 # neighbour index stays inside it: neighbours that fall outside the input read (and receive) zero.
@@ -668,18 +667,3 @@ def grid_sample(
         return torch.ops.stn.grid_sample_with_context(input, grid, padding_mode, align_corners)[0]
     return torch.ops.stn.grid_sample(input, grid, padding_mode, align_corners)
 
-
-class GridSample(nn.Module):
-    """`grid_sample` as a module: `forward(input, grid)` samples with the fixed settings."""
-
-    def __init__(self, padding_mode: str = "zeros", align_corners: bool = False):
-        super().__init__()
-        check_padding_mode(padding_mode)
-        self.padding_mode = padding_mode
-        self.align_corners = align_corners
-
-    def forward(self, input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        return grid_sample(input, grid, self.padding_mode, self.align_corners)
-
-    def extra_repr(self) -> str:
-        return f"padding_mode={self.padding_mode!r}, align_corners={self.align_corners}"

@@ -21,7 +21,7 @@ import torch
 
 from stn_serve.errors import InvalidInputError
 from stn_serve.ops._checks import output_size, require_floating, shape_text
-from stn_serve.ops.base_grid import GridGenerator, base_coordinates
+from stn_serve.ops.base_grid import base_coordinates
 
 
 def check_homography(homography: torch.Tensor, size: Sequence[int]) -> tuple[int, int]:
@@ -107,7 +107,7 @@ def projective_grid(
     """Sampling grid of projective maps (homographies).
 
     Runs `torch.ops.stn.projective_grid`; see the module docstring for the formula. The
-    identity homography gives the grid of `affine_grid` with the identity theta.
+    identity homography gives the grid of `affine_grid` with the identity matrix.
 
     Args:
         homography (Tensor[N, 3, 3]): projective maps from output to input [-1, 1] coordinates.
@@ -123,9 +123,3 @@ def projective_grid(
     """
     return torch.ops.stn.projective_grid(homography, list(size), align_corners)
 
-
-class ProjectiveGrid(GridGenerator):
-    """`projective_grid` as a module: `forward(homography)` gives the grid of size out_size."""
-
-    def forward(self, homography: torch.Tensor) -> torch.Tensor:
-        return projective_grid(homography, self.size_for(homography), self.align_corners)

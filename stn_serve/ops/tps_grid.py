@@ -27,7 +27,7 @@ import torch
 
 from stn_serve.errors import InvalidInputError
 from stn_serve.ops._checks import output_size, require_floating, shape_text
-from stn_serve.ops.base_grid import GridGenerator, base_coordinates
+from stn_serve.ops.base_grid import base_coordinates
 
 
 def check_control_grid(control_grid: Sequence[int]) -> tuple[int, int]:
@@ -221,21 +221,3 @@ def tps_grid(
     """
     return torch.ops.stn.tps_grid(offsets, list(size), align_corners, list(control_grid))
 
-
-class TPSGrid(GridGenerator):
-    """`tps_grid` as a module: `forward(offsets)` gives the grid of size out_size."""
-
-    def __init__(
-        self,
-        out_size: Sequence[int],
-        align_corners: bool = False,
-        control_grid: Sequence[int] = (4, 4),
-    ):
-        super().__init__(out_size, align_corners)
-        self.control_grid = check_control_grid(control_grid)
-
-    def forward(self, offsets: torch.Tensor) -> torch.Tensor:
-        return tps_grid(offsets, self.size_for(offsets), self.align_corners, self.control_grid)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, control_grid={self.control_grid}"

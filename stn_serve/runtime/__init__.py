@@ -1,23 +1,18 @@
 """Running exported models on ONNX Runtime: a model repository, one session per model version.
 
-Serving side: never imports torch.
+Serving side: never imports torch. Names are imported on first use, so the command line reads
+`RuntimeOptions`' defaults without loading numpy or ONNX Runtime.
 """
 
-from stn_serve.runtime.model import OnnxModel
-from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS, RuntimeOptions
-from stn_serve.runtime.providers import DEVICES, DeviceUnavailableError
-from stn_serve.runtime.repository import ModelRepository
-from stn_serve.runtime.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec, read_spec
+from __future__ import annotations
 
-__all__ = [
-    "DEVICES",
-    "GRAPH_OPTIMIZATIONS",
-    "INPUT_NAME",
-    "OUTPUT_NAMES",
-    "DeviceUnavailableError",
-    "ModelRepository",
-    "ModelSpec",
-    "OnnxModel",
-    "RuntimeOptions",
-    "read_spec",
-]
+from stn_serve._lazy import lazy_exports
+
+_EXPORTS = {
+    "GRAPH_OPTIMIZATIONS": "options",
+    "RuntimeOptions": "options",
+    "ModelRepository": "repository",
+    "OnnxModel": "model",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

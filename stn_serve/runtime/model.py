@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stn_serve.contract import INPUT_NAME, MODEL_FILE, OUTPUT_NAMES, SPEC_FILE, ModelSpec
 from stn_serve.errors import InvalidInputError, NotReadyError
 from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS, RuntimeOptions
 from stn_serve.runtime.providers import (
@@ -15,7 +16,6 @@ from stn_serve.runtime.providers import (
     load_pip_cuda_libraries,
     requested_providers,
 )
-from stn_serve.runtime.spec import INPUT_NAME, OUTPUT_NAMES, ModelSpec, read_spec
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,10 @@ class OnnxModel:
     def load(self) -> OnnxModel:
         import onnxruntime as ort
 
-        spec = read_spec(self.directory / "model.json")
+        spec = ModelSpec.read(self.directory / SPEC_FILE)
         if (spec.name, str(spec.version)) != (self.directory.parent.name, self.directory.name):
             raise InvalidInputError(
-                f"{self.directory / 'model.json'}: names {spec.name!r} version {spec.version}, "
+                f"{self.directory / SPEC_FILE}: names {spec.name!r} version {spec.version}, "
                 f"but it lies in {self.directory.parent.name}/{self.directory.name}"
             )
         self.spec = spec
@@ -94,13 +94,13 @@ class OnnxModel:
             load_pip_cuda_libraries()
         try:
             session = ort.InferenceSession(
-                str(self.directory / "model.onnx"),
+                str(self.directory / MODEL_FILE),
                 sess_options=_session_options(self.options),
                 providers=providers,
             )
         except Exception as error:
             raise InvalidInputError(
-                f"{self.directory / 'model.onnx'}: cannot load: {error}"
+                f"{self.directory / MODEL_FILE}: cannot load: {error}"
             ) from error
         self.provider = check_session_provider(self.options.device, session.get_providers())
         if self.options.device == "auto" and self.provider != CUDA:
@@ -133,7 +133,7 @@ class OnnxModel:
 
     def _check_signature(self, session) -> None:
         """The graph's inputs and outputs must be those of the contract, with model.json's sizes."""
-        path = self.directory / "model.onnx"
+        path = self.directory / MODEL_FILE
         inputs = session.get_inputs()
         expected_input = (-1, *self.spec.input_shape)
         if (

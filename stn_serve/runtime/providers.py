@@ -11,15 +11,11 @@ import functools
 import importlib.util
 import sys
 
-from stn_serve.errors import StnServeError
+from stn_serve.contract import DEVICES, EXECUTION_PROVIDERS
+from stn_serve.errors import DeviceUnavailableError, InvalidInputError
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-DEVICES = ("auto", "cuda", "cpu")
-
-
-class DeviceUnavailableError(StnServeError):
-    """The requested device cannot run models (e.g. `--device cuda` on a machine without CUDA)."""
+CUDA = EXECUTION_PROVIDERS["cuda"]
+CPU = EXECUTION_PROVIDERS["cpu"]
 
 
 @functools.cache
@@ -42,7 +38,7 @@ def requested_providers(
     for CUDA only where it is, `cuda` always does so that the failure names what is missing.
     """
     if device not in DEVICES:
-        raise StnServeError(f"device must be one of {list(DEVICES)}, got {device!r}")
+        raise InvalidInputError(f"device must be one of {list(DEVICES)}, got {device!r}")
     if device == "cpu":
         return [CPU]
     if device == "cuda":

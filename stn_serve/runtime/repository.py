@@ -5,25 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stn_serve.errors import NotFoundError, StnServeError
+from stn_serve.contract import version_directories
+from stn_serve.errors import DeviceUnavailableError, NotFoundError, StnServeError
 from stn_serve.runtime.model import OnnxModel
 from stn_serve.runtime.options import RuntimeOptions
-from stn_serve.runtime.providers import DeviceUnavailableError
 
 log = logging.getLogger(__name__)
-
-
-def is_version_directory(path: Path) -> bool:
-    """Whether `path` is a version folder of a model: a directory named by a positive integer."""
-    return path.is_dir() and path.name.isdigit() and int(path.name) > 0
-
-
-def version_directories(root: Path) -> list[Path]:
-    """`<root>/<name>/<version>/` folders (version a positive integer), sorted by name then version."""
-    found = []
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found.extend(filter(is_version_directory, model_dir.iterdir()))
-    return sorted(found, key=lambda p: (p.parent.name, int(p.name)))
 
 
 class ModelRepository:

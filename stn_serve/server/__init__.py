@@ -1,10 +1,20 @@
 """The gRPC server: stn.v1 (the service's own API), the Open Inference Protocol (KServe v2), health
 and reflection, with dynamic batching in front of `stn_serve.runtime`.
 
-Serving side: never imports torch.
+Serving side: never imports torch. Names are imported on first use, so the command line reads
+`ServerOptions`' defaults without loading gRPC.
 """
 
-from stn_serve.server.app import StnServer, create_server, serve
-from stn_serve.server.options import ServerOptions
+from __future__ import annotations
 
-__all__ = ["ServerOptions", "StnServer", "create_server", "serve"]
+from stn_serve._lazy import lazy_exports
+
+_EXPORTS = {
+    "ServerOptions": "options",
+    "StnServer": "app",
+    "create_server": "app",
+    "serve": "app",
+}
+__all__ = list(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -83,9 +83,6 @@ class StnServer:
             self.repository.unload()
             self._stopped.set()
 
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
-
 
 def create_server(
     repository,

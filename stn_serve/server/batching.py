@@ -31,16 +31,12 @@ import numpy as np
 from stn_serve.errors import (
     DeadlineExceededError,
     NotReadyError,
+    RequestCancelledError,
     ResourceExhaustedError,
-    StnServeError,
 )
 from stn_serve.runtime import OnnxModel
 
 log = logging.getLogger(__name__)
-
-
-class RequestCancelledError(StnServeError):
-    """The client cancelled a request while it waited for the model."""
 
 
 @dataclass

@@ -1,20 +1,14 @@
-"""Images in requests -> float32 arrays the model takes, and crops -> PNG. Every check happens here,
-before a request joins a batch, and every error names the image and what was expected."""
+"""Checks of the images in a request, and raw tensors -> float32 arrays the model takes. Every
+check happens here, before a request joins a batch, and every error names the image and what was
+expected. (Encoded images decode through `stn_serve.imaging.decode_encoded`, as in batch jobs.)"""
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from stn_serve.errors import InvalidInputError, ResourceExhaustedError
-from stn_serve.imaging import CHANNEL_MODES, crop_image, pixels_from_image
-
-# Decoding a larger picture could take the server's memory; no use case needs one.
-MAX_ENCODED_PIXELS = 40_000_000
-ENCODED_FORMATS = ("PNG", "JPEG")
 
 
 def check_count(count: int, limit: int, what: str = "images") -> None:
@@ -37,34 +31,6 @@ def check_pixels(array: np.ndarray, what: str) -> np.ndarray:
             f"{what} holds NaN or infinite values; expected finite values in [0, 1]"
         )
     raise InvalidInputError(f"{what} has values in [{low:g}, {high:g}]; expected values in [0, 1]")
-
-
-def decode_encoded(data: bytes, shape: tuple[int, int, int], what: str) -> np.ndarray:
-    """PNG or JPEG bytes of any size -> float32[C, H, W] in [0, 1], converted to C channels and
-    resized to H x W."""
-    channels, height, width = shape
-    if channels not in CHANNEL_MODES:
-        raise InvalidInputError(
-            f"{what}: encoded images cannot feed a model with {channels} channels"
-        )
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in ENCODED_FORMATS:
-                raise InvalidInputError(
-                    f"{what} is {image.format}; expected one of {list(ENCODED_FORMATS)}"
-                )
-            if image.width * image.height > MAX_ENCODED_PIXELS:
-                raise InvalidInputError(
-                    f"{what} is {image.width}x{image.height}; expected at most {MAX_ENCODED_PIXELS} pixels"
-                )
-            pixels = pixels_from_image(image, (height, width), channels)
-    except UnidentifiedImageError as error:
-        raise InvalidInputError(
-            f"{what} ({len(data)} bytes) is not an image Pillow can read; expected PNG or JPEG bytes"
-        ) from error
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise InvalidInputError(f"{what} cannot be decoded as PNG or JPEG: {error}") from error
-    return pixels
 
 
 def decode_raw(
@@ -98,9 +64,3 @@ def decode_raw(
     # Read-only view of the request's bytes: the batch is assembled into a new array anyway.
     return check_pixels(array, what)
 
-
-def encode_png(crop: np.ndarray) -> bytes:
-    """float32[C, h, w] in [0, 1] (C in 1, 3, 4) -> PNG bytes."""
-    buffer = io.BytesIO()
-    crop_image(crop).save(buffer, format="PNG")
-    return buffer.getvalue()

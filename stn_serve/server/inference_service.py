@@ -10,8 +10,8 @@ import numpy as np
 import stn_serve
 from stn_serve._proto.inference import grpc_service_pb2 as pb
 from stn_serve._proto.inference import grpc_service_pb2_grpc
+from stn_serve.contract import INPUT_NAME, OUTPUT_NAMES, parse_version
 from stn_serve.errors import InvalidInputError, NotFoundError
-from stn_serve.runtime import INPUT_NAME, OUTPUT_NAMES
 from stn_serve.server.images import check_count, check_pixels
 from stn_serve.server.status import Call, answering, counted
 from stn_serve.server.streams import started_in_order
@@ -20,13 +20,16 @@ SERVER_NAME = "stn-serve"
 PLATFORM = "onnxruntime_onnx"
 
 
-def parse_version(version: str) -> int:
+def requested_version(version: str) -> int:
     """The protocol's string version -> int (empty = 0 = the newest loaded)."""
     if not version:
         return 0
-    if not version.isdigit() or int(version) < 1:
-        raise InvalidInputError(f"model version must be a positive integer, got {version!r}")
-    return int(version)
+    number = parse_version(version)
+    if number is None:
+        raise InvalidInputError(
+            f"model version must be a positive integer, got {version[:64]!r}"
+        )
+    return number
 
 
 def input_images(
@@ -98,7 +101,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelReady(self, request, context):
         with answering(context, self.metrics, "ModelReady") as call:
             try:
-                model = self.repository.get(request.name, parse_version(request.version))
+                model = self.repository.get(request.name, requested_version(request.version))
             except NotFoundError:
                 return pb.ModelReadyResponse(ready=False)
             call.model = model.name
@@ -109,7 +112,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelMetadata(self, request, context):
         with answering(context, self.metrics, "ModelMetadata") as call:
-            model = self.repository.get(request.name, parse_version(request.version))
+            model = self.repository.get(request.name, requested_version(request.version))
             call.model = model.name
             spec = model.spec
             tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -127,7 +130,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def _start(self, request: pb.ModelInferRequest, context, call: Call, inline: bool):
         """Validate, decode and queue one request (or, with `inline`, run it here if the model
         is idle); returns a function that waits for its outputs and builds the response."""
-        model = self.repository.get(request.model_name, parse_version(request.model_version))
+        model = self.repository.get(request.model_name, requested_version(request.model_version))
         call.model = model.name
         names = requested_outputs(request)
         with self.dispatcher.arrival(model, context, inline) as submit:

@@ -1,4 +1,5 @@
-"""The one place where errors become gRPC status codes, and where every RPC is counted and timed."""
+"""Where every RPC is counted and timed, and its error becomes a gRPC status through the
+contract's table (`stn_serve.contract.status`, which the client reads back)."""
 
 from __future__ import annotations
 
@@ -8,34 +9,15 @@ import time
 
 import grpc
 
-from stn_serve.errors import (
-    DeadlineExceededError,
-    InvalidInputError,
-    NotFoundError,
-    NotReadyError,
-    ResourceExhaustedError,
-)
-from stn_serve.server.batching import RequestCancelledError
+from stn_serve.contract import status_of
 
 log = logging.getLogger(__name__)
 
-CODES = (
-    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (NotReadyError, grpc.StatusCode.UNAVAILABLE),
-    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (RequestCancelledError, grpc.StatusCode.CANCELLED),
-)
-INTERNAL_MESSAGE = "internal error; the server log has the details"
 
-
-def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+def grpc_status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and client-facing message for an error raised while answering."""
-    for error_type, code in CODES:
-        if isinstance(error, error_type):
-            return code, str(error)
-    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+    code, message = status_of(error)
+    return grpc.StatusCode[code], message
 
 
 class Call:
@@ -59,7 +41,7 @@ def counted(metrics, method: str, call: Call | None = None):
     try:
         yield call
     except Exception as error:
-        call.code, call.message = status_of(error)
+        call.code, call.message = grpc_status_of(error)
         if call.code == grpc.StatusCode.INTERNAL:
             log.exception("unexpected error", extra={"method": method, "model": call.model})
         else:

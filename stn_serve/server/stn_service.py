@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
+from stn_serve.contract import DEFAULT_TOP_K
 from stn_serve.errors import InvalidInputError
-from stn_serve.server.images import check_count, decode_encoded, decode_raw, encode_png
+from stn_serve.imaging import decode_encoded, encode_png
+from stn_serve.server.images import check_count, decode_raw
 from stn_serve.server.status import Call, answering
 from stn_serve.server.streams import started_in_order
 
-DEFAULT_TOP_K = 5
 DTYPES = {stn_pb2.DATA_TYPE_UINT8: "uint8", stn_pb2.DATA_TYPE_FLOAT32: "float32"}
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 SCHEDULES = ("cosine", "step", "none")
 OPTIMIZERS = ("adamw", "sgd")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from stn_serve.contract import DEVICES
 from stn_serve.errors import InvalidInputError
-from stn_serve.train.config import DEVICES
 
 
 @dataclass

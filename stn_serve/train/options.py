@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from stn_serve.models.config import PADDING_MODES, TRANSFORMS
-from stn_serve.train.config import DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig
+from stn_serve.contract import DEVICES, PADDING_MODES, TRANSFORMS
+from stn_serve.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 DEFAULTS = TrainConfig()
 
