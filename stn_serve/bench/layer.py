@@ -10,7 +10,8 @@ the same output and gradients.
 
 `--train-step` times one training step (forward, cross-entropy, backward, optimiser step) of the
 default ST-CNN (`ModelConfig()`, `TrainConfig()`'s batch size and optimiser) with this layer
-against the same model, weights and batch with torch's own ops (`SpatialTransformer.native_ops`).
+against the same model, weights and batch with torch's own ops (`SpatialTransformer.native_ops`),
+the two models alternating call by call after their warm-up calls.
 `--contended` runs everything with a busy process spinning on each other core.
 """
 
@@ -222,12 +223,17 @@ def measure_train_step(rounds: int, repeats: int, warmup: int, seed: int):
         return step
 
     calls = {"native": step_of(native), "custom": step_of(custom)}
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
     description = (
         f"ST-CNN {config.transform}, {config.in_channels}x{config.input_size[0]}x"
         f"{config.input_size[1]} -> {config.crop_size[0]}x{config.crop_size[1]}, "
         f"batch {train.batch_size}, {train.optimizer}"
     )
-    return interleaved_medians(calls, rounds, repeats, warmup), description
+    # A step takes tens of milliseconds: the models alternate call by call, so that a change
+    # in the load from other processes falls on both.
+    return interleaved_medians(calls, rounds * repeats, 1, 0), description
 
 
 def run(args) -> int:
