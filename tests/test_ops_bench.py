@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -66,6 +70,34 @@ def test_bench_layer_contended_train_step_prints_its_ratio(capsys):
     native, custom, ratio = (float(v) for v in row.groups()[:3])
     assert native > 0 and custom > 0
     assert ratio == pytest.approx(custom / native, rel=0.05, abs=0.01)
+
+
+def test_spinners_stop_when_the_benchmark_is_killed():
+    script = (
+        "from stn_serve.bench.contention import busy_processes\n"
+        "import time\n"
+        "with busy_processes(1) as spinners:\n"
+        "    print(spinners[0].pid, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    bench = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    spinner = int(bench.stdout.readline())
+    bench.kill()
+    bench.wait()
+    deadline = time.monotonic() + 10
+    while _running(spinner) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(spinner)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (an exited orphan waits, a zombie, until
+    whoever adopted it reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
 
 
 def test_busy_processes_spin_until_the_block_ends():

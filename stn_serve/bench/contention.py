@@ -15,12 +15,16 @@ def other_cores() -> int:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
+# Spins while the benchmark (its parent, whose pid it is given) lives: a benchmark killed outright
+# leaves no spinner behind, even one that had not started yet.
+SPIN = "import os, sys\nparent = int(sys.argv[1])\nwhile os.getppid() == parent:\n    pass\n"
+
+
 @contextlib.contextmanager
 def busy_processes(count: int) -> Iterator[list[subprocess.Popen]]:
     """Run `count` Python processes that spin until the block ends (then they are killed)."""
-    spinners = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)
-    ]
+    command = [sys.executable, "-c", SPIN, str(os.getpid())]
+    spinners = [subprocess.Popen(command) for _ in range(count)]
     try:
         yield spinners
     finally:

@@ -8,8 +8,10 @@
 //   free, so a thread that loses its core to another process holds back only the images it has
 //   claimed, and no two threads ever write the same input-gradient plane.
 // - Within an image, points go in blocks of kBlock. One loop over a block computes each point's
-//   pixel coordinates, neighbours, weights and slopes (the compiler vectorises it); then every
-//   channel reuses them, gathering the four neighbours of all the block's points at once.
+//   pixel coordinates, neighbours, weights and slopes (the compiler vectorises it); then the
+//   channels reuse them, kChannelTile channels per pass over the block, each pass gathering the
+//   four neighbours of all the block's points (with the CPU's gather instructions where
+//   `-mtune=native` finds them fast) and writing a run of output or summing the grid gradient.
 // - A neighbour outside the input reads zero and receives nothing: its index is replaced by 0
 //   and its value by an exact zero, so an infinite pixel elsewhere cannot leak into the result.
 // - The input gradient of an image is zeroed by the thread that scatters into it, just before,
