@@ -143,11 +143,11 @@ def test_gradient_at_pixel_centres_matches_native(sampler_implementation, paddin
 
 @pytest.mark.parametrize("align_corners", ALIGN)
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_identity_theta_reproduces_the_input(sampler_implementation, padding_mode, align_corners):
+def test_identity_matrix_reproduces_the_input(sampler_implementation, padding_mode, align_corners):
     generator = torch.Generator().manual_seed(5)
     input = torch.randn(3, 2, 7, 9, generator=generator, dtype=torch.float64)
-    theta = torch.eye(2, 3, dtype=torch.float64).repeat(3, 1, 1)
-    grid = affine_grid(theta, input.shape, align_corners)
+    matrix = torch.eye(2, 3, dtype=torch.float64).repeat(3, 1, 1)
+    grid = affine_grid(matrix, input.shape, align_corners)
     # Only the rounding of the grid positions (about 1e-16 in float64) separates the sampled
     # points from the pixel centres.
     torch.testing.assert_close(
@@ -206,18 +206,18 @@ def test_grid_sample_gradcheck(sampler_implementation, padding_mode, align_corne
 @pytest.mark.parametrize("size", [(3, 1, 4, 5), (2, 3, 1, 6), (1, 1, 7, 2)])
 def test_affine_grid_matches_native_and_gradcheck(size, align_corners):
     generator = torch.Generator().manual_seed(7)
-    theta = torch.randn(size[0], 2, 3, generator=generator, dtype=torch.float64)
-    theta.requires_grad_()
-    grid = affine_grid(theta, size, align_corners)
+    matrix = torch.randn(size[0], 2, 3, generator=generator, dtype=torch.float64)
+    matrix.requires_grad_()
+    grid = affine_grid(matrix, size, align_corners)
     with pytest.warns(UserWarning) if 1 in size[2:] and align_corners else _no_warning():
-        reference = F.affine_grid(theta, size, align_corners=align_corners)
+        reference = F.affine_grid(matrix, size, align_corners=align_corners)
     grad_grid = torch.randn(grid.shape, generator=generator, dtype=torch.float64)
     torch.testing.assert_close(grid, reference)
     torch.testing.assert_close(
-        torch.autograd.grad(grid, theta, grad_grid)[0],
-        torch.autograd.grad(reference, theta, grad_grid)[0],
+        torch.autograd.grad(grid, matrix, grad_grid)[0],
+        torch.autograd.grad(reference, matrix, grad_grid)[0],
     )
-    assert torch.autograd.gradcheck(lambda t: affine_grid(t, size, align_corners), (theta,))
+    assert torch.autograd.gradcheck(lambda t: affine_grid(t, size, align_corners), (matrix,))
 
 
 class _no_warning:
@@ -228,24 +228,24 @@ class _no_warning:
         return False
 
 
-def test_affine_grid_on_non_contiguous_theta():
-    theta = torch.randn(3, 2, 4)[:, :, 1:]
-    assert not theta.is_contiguous()
+def test_affine_grid_on_non_contiguous_matrix():
+    matrix = torch.randn(3, 2, 4)[:, :, 1:]
+    assert not matrix.is_contiguous()
     torch.testing.assert_close(
-        affine_grid(theta, (3, 1, 5, 6)), F.affine_grid(theta, (3, 1, 5, 6), align_corners=False)
+        affine_grid(matrix, (3, 1, 5, 6)), F.affine_grid(matrix, (3, 1, 5, 6), align_corners=False)
     )
 
 
 def test_full_layer_gradient_matches_native(sampler_implementation):
-    # affine_grid feeding grid_sample, as a spatial transformer uses them: theta gets the
+    # affine_grid feeding grid_sample, as a spatial transformer uses them: matrix gets the
     # gradient of the whole chain.
     generator = torch.Generator().manual_seed(8)
     input = torch.randn(4, 3, 12, 10, generator=generator)
-    theta = torch.eye(2, 3) + 0.3 * torch.randn(4, 2, 3, generator=generator)
+    matrix = torch.eye(2, 3) + 0.3 * torch.randn(4, 2, 3, generator=generator)
     grad_output = torch.randn(4, 3, 8, 8, generator=generator)
 
     def run(grid_fn, sample_fn):
-        t = theta.clone().requires_grad_()
+        t = matrix.clone().requires_grad_()
         i = input.clone().requires_grad_()
         output = sample_fn(i, grid_fn(t, (4, 3, 8, 8)))
         return (output, *torch.autograd.grad(output, (i, t), grad_output))
@@ -272,11 +272,11 @@ def test_no_native_sampler_or_affine_grid_kernel_is_called(sampler_implementatio
     ]:
         monkeypatch.setattr(owner, name, forbidden)
     input = torch.randn(2, 3, 6, 6, requires_grad=True)
-    theta = (torch.eye(2, 3) + 0.2 * torch.randn(2, 2, 3)).requires_grad_()
+    matrix = (torch.eye(2, 3) + 0.2 * torch.randn(2, 2, 3)).requires_grad_()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-        output = grid_sample(input, affine_grid(theta, (2, 3, 4, 4)), "reflection")
+        output = grid_sample(input, affine_grid(matrix, (2, 3, 4, 4)), "reflection")
         output.sum().backward()
-    assert input.grad is not None and theta.grad is not None
+    assert input.grad is not None and matrix.grad is not None
     # The profiler records every aten op that ran, also those called from C++ inside others.
     names = {event.name for event in profile.events()}
     native = {
@@ -413,18 +413,18 @@ def test_custom_op_registration_passes_opcheck(sampler_implementation, op, args)
     torch.library.opcheck(op, args)
 
 
-def _spatial_transformer(input, theta):
-    return grid_sample(input, affine_grid(theta, (input.shape[0], input.shape[1], 6, 5)), "zeros")
+def _spatial_transformer(input, matrix):
+    return grid_sample(input, affine_grid(matrix, (input.shape[0], input.shape[1], 6, 5)), "zeros")
 
 
 def _compiled_matches_eager(backend, channels):
     generator = torch.Generator().manual_seed(9)
     input = torch.randn(3, channels, 8, 7, generator=generator)
-    theta = torch.eye(2, 3) + 0.2 * torch.randn(3, 2, 3, generator=generator)
+    matrix = torch.eye(2, 3) + 0.2 * torch.randn(3, 2, 3, generator=generator)
     compiled = torch.compile(_spatial_transformer, backend=backend, fullgraph=True)
     results = []
     for fn in (_spatial_transformer, compiled):
-        i, t = input.clone().requires_grad_(), theta.clone().requires_grad_()
+        i, t = input.clone().requires_grad_(), matrix.clone().requires_grad_()
         output = fn(i, t)
         output.square().sum().backward()
         results.append((output, i.grad, t.grad))
@@ -451,11 +451,11 @@ def test_layer_runs_under_torch_compile_inductor(sampler_implementation):
 def test_layer_matches_native_on_cuda(channels, padding_mode):
     generator = torch.Generator().manual_seed(10)
     input = torch.randn(3, channels, 9, 8, generator=generator).cuda()
-    theta = (torch.eye(2, 3) + 0.3 * torch.randn(3, 2, 3, generator=generator)).cuda()
+    matrix = (torch.eye(2, 3) + 0.3 * torch.randn(3, 2, 3, generator=generator)).cuda()
     grad_output = torch.randn(3, channels, 7, 6, generator=generator).cuda()
 
     def run(grid_fn, sample_fn):
-        i, t = input.clone().requires_grad_(), theta.clone().requires_grad_()
+        i, t = input.clone().requires_grad_(), matrix.clone().requires_grad_()
         output = sample_fn(i, grid_fn(t, (3, channels, 7, 6)), padding_mode)
         return (output, *torch.autograd.grad(output, (i, t), grad_output))
 
@@ -472,11 +472,11 @@ def test_layer_matches_native_on_cuda(channels, padding_mode):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_empty_batch_gives_empty_output_and_gradients(sampler_implementation, channels):
     input = torch.rand(0, channels, 5, 5, requires_grad=True)
-    theta = torch.zeros(0, 2, 3, requires_grad=True)
-    output = grid_sample(input, affine_grid(theta, (0, channels, 4, 3)))
+    matrix = torch.zeros(0, 2, 3, requires_grad=True)
+    output = grid_sample(input, affine_grid(matrix, (0, channels, 4, 3)))
     output.sum().backward()
     assert output.shape == (0, channels, 4, 3)
-    assert input.grad.shape == input.shape and theta.grad.shape == theta.shape
+    assert input.grad.shape == input.shape and matrix.grad.shape == matrix.shape
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -95,14 +95,14 @@ def test_results_do_not_depend_on_the_number_of_threads(sampler_implementation):
     # Each image belongs to one thread, whichever claims it: the sums are the same in any split.
     generator = torch.Generator().manual_seed(23)
     input = torch.randn(37, 2, 9, 9, generator=generator)
-    theta = torch.eye(2, 3) + 0.3 * torch.randn(37, 2, 3, generator=generator)
+    matrix = torch.eye(2, 3) + 0.3 * torch.randn(37, 2, 3, generator=generator)
     grad_output = torch.randn(37, 2, 7, 8, generator=generator)
     results = []
     threads = torch.get_num_threads()
     try:
         for count in (1, 2, 3):
             torch.set_num_threads(count)
-            i, t = input.clone().requires_grad_(), theta.clone().requires_grad_()
+            i, t = input.clone().requires_grad_(), matrix.clone().requires_grad_()
             output = grid_sample(i, affine_grid(t, (37, 2, 7, 8)), "border")
             results.append((output, *torch.autograd.grad(output, (i, t), grad_output)))
     finally:

@@ -22,19 +22,19 @@ ALIGN = [False, True]
 
 
 def identity_grid(batch, height, width, align_corners, dtype=torch.float64):
-    theta = torch.eye(2, 3, dtype=dtype).expand(batch, 2, 3)
-    return F.affine_grid(theta, [batch, 1, height, width], align_corners=align_corners)
+    matrix = torch.eye(2, 3, dtype=dtype).expand(batch, 2, 3)
+    return F.affine_grid(matrix, [batch, 1, height, width], align_corners=align_corners)
 
 
 @pytest.mark.parametrize("align_corners", ALIGN)
 def test_projective_grid_with_affine_homography_is_the_affine_grid(align_corners):
     generator = torch.Generator().manual_seed(0)
-    theta = torch.randn(3, 2, 3, generator=generator, dtype=torch.float64)
+    matrix = torch.randn(3, 2, 3, generator=generator, dtype=torch.float64)
     bottom = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(3, 1, 3)
-    homography = torch.cat((theta, bottom), dim=1)
+    homography = torch.cat((matrix, bottom), dim=1)
     torch.testing.assert_close(
         projective_grid(homography, (3, 1, 5, 7), align_corners),
-        F.affine_grid(theta, [3, 1, 5, 7], align_corners=align_corners),
+        F.affine_grid(matrix, [3, 1, 5, 7], align_corners=align_corners),
     )
 
 
@@ -72,11 +72,11 @@ def test_tps_with_zero_offsets_is_the_identity_grid(control_grid, align_corners)
 
 
 def test_tps_reproduces_an_affine_map_of_its_control_points():
-    theta = torch.tensor([[[0.8, -0.3, 0.1], [0.2, 1.1, -0.2]]], dtype=torch.float64)
+    matrix = torch.tensor([[[0.8, -0.3, 0.1], [0.2, 1.1, -0.2]]], dtype=torch.float64)
     control = tps_control_points((4, 4))
-    moved = control @ theta[0, :, :2].T + theta[0, :, 2]
+    moved = control @ matrix[0, :, :2].T + matrix[0, :, 2]
     grid = tps_grid((moved - control).unsqueeze(0), (1, 1, 7, 6))
-    torch.testing.assert_close(grid, F.affine_grid(theta, [1, 1, 7, 6], align_corners=False))
+    torch.testing.assert_close(grid, F.affine_grid(matrix, [1, 1, 7, 6], align_corners=False))
 
 
 def test_tps_passes_through_its_control_points():
@@ -172,10 +172,10 @@ def _reference_grid(name, params, transform):
         matrix = tps_kernel_matrix(5, 6, False, (4, 4))
         offsets = params.view(batch, 16, 2)
         return (matrix @ (tps_control_points((4, 4)) + offsets)).view(batch, 5, 6, 2)
-    return F.affine_grid(_reference_theta(name, params), [batch, 1, 5, 6], align_corners=False)
+    return F.affine_grid(_reference_matrix(name, params), [batch, 1, 5, 6], align_corners=False)
 
 
-def _reference_theta(name, params):
+def _reference_matrix(name, params):
     one = torch.ones_like(params[:, 0])
     zero = torch.zeros_like(one)
     if name == "translation":

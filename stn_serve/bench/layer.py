@@ -2,7 +2,7 @@
 
 For each case (N, C, H_in x W_in -> H_out x W_out) it times `affine_grid` + `grid_sample` from
 `stn_serve.ops` and from `torch.nn.functional` on the same tensors, forward alone and forward +
-backward (gradients to the input and to theta), and prints the median milliseconds and the ratio
+backward (gradients to the input and to the affine matrix), and prints the median milliseconds and the ratio
 custom / native. The implementations take turns in rounds: in each round, each runs its untimed
 warm-up calls and then its timed calls, so that load from other processes falls on both alike
 while neither runs right after the other's allocations. Before timing, it checks that both give
@@ -93,49 +93,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _layers(padding_mode: str, align_corners: bool):
-    """The two implementations of the layer: (name, function(input, theta, out_size))."""
+    """The two implementations of the layer: (name, function(input, matrix, out_size))."""
     import torch.nn.functional as F
 
     from stn_serve import ops
 
-    def native(input, theta, size):
-        grid = F.affine_grid(theta, size, align_corners=align_corners)
+    def native(input, matrix, size):
+        grid = F.affine_grid(matrix, size, align_corners=align_corners)
         return F.grid_sample(
             input, grid, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners
         )
 
-    def custom(input, theta, size):
+    def custom(input, matrix, size):
         return ops.grid_sample(
-            input, ops.affine_grid(theta, size, align_corners), padding_mode, align_corners
+            input, ops.affine_grid(matrix, size, align_corners), padding_mode, align_corners
         )
 
     return [("native", native), ("custom", custom)]
 
 
-def _passes(layer, input, theta, size, grad_output):
+def _passes(layer, input, matrix, size, grad_output):
     """The two timed passes of one implementation: forward, and forward + backward."""
     import torch
 
     def forward():
         with torch.no_grad():
-            layer(input, theta, size)
+            layer(input, matrix, size)
 
     def forward_backward():
-        output = layer(input, theta, size)
-        torch.autograd.grad(output, (input, theta), grad_output)
+        output = layer(input, matrix, size)
+        torch.autograd.grad(output, (input, matrix), grad_output)
 
     return {"forward": forward, "forward+backward": forward_backward}
 
 
-def _max_difference(layers, input, theta, size, grad_output) -> float:
-    """The largest difference between the implementations' output, input gradient and theta
+def _max_difference(layers, input, matrix, size, grad_output) -> float:
+    """The largest difference between the implementations' output, input gradient and matrix
     gradient, each relative to the largest magnitude of the native one."""
     import torch
 
     results = []
     for _, layer in layers:
-        output = layer(input, theta, size)
-        results.append((output, *torch.autograd.grad(output, (input, theta), grad_output)))
+        output = layer(input, matrix, size)
+        results.append((output, *torch.autograd.grad(output, (input, matrix), grad_output)))
     return max(
         ((custom - native).abs().max() / native.abs().max()).item()
         for native, custom in zip(*results)
@@ -154,18 +154,18 @@ def measure(
     input = torch.rand(batch, channels, height, width, generator=generator).requires_grad_()
     # Random transforms around a zoom-in, as a spatial transformer produces them: most points
     # fall inside the input and some outside.
-    theta = torch.tensor([[0.8, 0.0, 0.0], [0.0, 0.8, 0.0]]) + 0.15 * torch.randn(
+    matrix = torch.tensor([[0.8, 0.0, 0.0], [0.0, 0.8, 0.0]]) + 0.15 * torch.randn(
         batch, 2, 3, generator=generator
     )
-    theta.requires_grad_()
+    matrix.requires_grad_()
     size = [batch, channels, out_height, out_width]
     grad_output = torch.randn(batch, channels, out_height, out_width, generator=generator)
     layers = _layers(padding_mode, align_corners)
-    difference = _max_difference(layers, input, theta, size, grad_output)
+    difference = _max_difference(layers, input, matrix, size, grad_output)
     timings = {}
     for pass_name in ("forward", "forward+backward"):
         calls = {
-            name: _passes(layer, input, theta, size, grad_output)[pass_name]
+            name: _passes(layer, input, matrix, size, grad_output)[pass_name]
             for name, layer in layers
         }
         timings[pass_name] = interleaved_medians(calls, rounds, repeats, warmup)
