@@ -1,4 +1,5 @@
-"""Channel settings: message size limits, client-side load balancing and retries."""
+"""Channel settings: message size limits, client-side load balancing and retries, and several
+channels with a connection each."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def channel_options(max_message_mb: float = DEFAULT_MAX_MESSAGE_MB) -> list[tupl
     ]
 
 
-def open_channel(target: str, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB) -> grpc.Channel:
-    """An insecure channel to `target` (`host:port` or `dns:///host:port`)."""
-    return grpc.insecure_channel(target, options=channel_options(max_message_mb))
+def open_channels(
+    target: str, count: int, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB
+) -> list[grpc.Channel]:
+    """`count` channels to `target`, each with connections of its own (a local subchannel
+    pool; channels with the same settings would otherwise share one). A server of several
+    processes on one port (`serve --processes`) is balanced by the kernel per connection, so
+    requests spread over its processes only when they come over several connections."""
+    options = [*channel_options(max_message_mb), ("grpc.use_local_subchannel_pool", 1)]
+    return [grpc.insecure_channel(target, options=options) for _ in range(count)]

@@ -1,0 +1,82 @@
+"""Running one server process until it is told to stop: SIGTERM and SIGINT drain it (see
+`StnServer.drain`), SIGHUP has the repository rescanned where it can be, and is otherwise logged
+and ignored."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+
+from stn_serve.server.app import create_server
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def grpc_address(host: str, port: int) -> str:
+    """`host:port` as gRPC takes it (IPv6 hosts in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve(
+    repository,
+    host: str,
+    port: int,
+    options,
+    runtime_options,
+    *,
+    reuse_port: bool = False,
+    on_serving=None,
+) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; returns the exit code (0). `on_serving()` is
+    called once the server answers."""
+    # Signals that come while the models load wait in the queue: SIGHUP must not kill the server.
+    signals: queue.SimpleQueue = queue.SimpleQueue()  # put() may be called from a signal handler
+    handled = (*STOP_SIGNALS, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, lambda signum, _: signals.put(signum)) for sig in handled}
+    server = None
+    try:
+        server, bound = create_server(
+            repository, grpc_address(host, port), options, runtime_options, reuse_port=reuse_port
+        )
+        server.start()
+        log.info(
+            "serving",
+            extra={"port": bound, "metrics_port": server.metrics_port, "pid": os.getpid()},
+        )
+        if on_serving is not None:
+            on_serving()
+        while (signum := signals.get()) == signal.SIGHUP:
+            rescan(server)
+        log.info(
+            "shutting down",
+            extra={
+                "signal": signal.Signals(signum).name,
+                "drain_delay_s": options.drain_delay_s,
+                "grace_s": options.grace_s,
+            },
+        )
+        server.drain()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.stop(grace=None)  # a no-op after the drain; stops one that failed meanwhile
+    log.info("stopped")
+    return 0
+
+
+def rescan(server) -> None:
+    """SIGHUP: rescan the repository where it can be; never stop serving over it."""
+    try:
+        rescanned = server.rescan()
+    except Exception:
+        log.exception("SIGHUP: rescanning the repository failed; serving the models as they were")
+        return
+    if rescanned:
+        log.info("SIGHUP: repository rescanned", extra={"models": server.repository.names()})
+    else:
+        log.info("SIGHUP ignored: this repository cannot be rescanned while serving")
