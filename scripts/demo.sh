@@ -4,3 +4,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" train,dev
 cd "$ROOT"
 stn-serve demo "$@"
+if [[ -n "$STN_VENV_HINT" ]]; then
+    echo "$STN_VENV_HINT"
+fi

@@ -11,4 +11,7 @@ if [[ $status -eq 5 ]]; then
     echo "error: pytest collected no tests" >&2
     exit 1
 fi
+if [[ -n "$STN_VENV_HINT" ]]; then
+    echo "$STN_VENV_HINT"
+fi
 exit $status

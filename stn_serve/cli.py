@@ -12,10 +12,14 @@ import importlib
 import logging
 import sys
 
+from stn_serve import __version__
+from stn_serve.commands.formatting import HelpFormatter
 from stn_serve.errors import StnServeError
 
+log = logging.getLogger("stn_serve")
+
 # Order is the order shown in `stn-serve --help`.
-COMMANDS = ["train", "visualize", "export", "serve", "predict", "batch", "bench", "demo"]
+COMMANDS = ["train", "visualize", "export", "serve", "predict", "batch", "merge", "bench", "demo"]
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -34,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stn-serve",
         description="Train, export and serve Spatial Transformer Networks.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parents = [common_parser()]
     for name in COMMANDS:
@@ -54,7 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except StnServeError as error:  # the CLI's one place to turn errors into exit codes
-        logging.getLogger("stn_serve").error("%s", error)
+    # The CLI's one place to turn errors into exit codes; each is printed once, as one line.
+    except StnServeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # The machine refused something (a full disk, a folder not writable): say what and where.
+        log.debug("operating system error", exc_info=True)
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        return 1
+
+
+def os_error_message(error: OSError) -> str:
+    """`cannot use PATH: REASON` for an OSError that names a file, else its own text."""
+    if error.filename is None:
+        return str(error)
+    return f"cannot use {error.filename}: {error.strerror or error}"

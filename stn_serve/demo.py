@@ -5,7 +5,8 @@
 3. Start the gRPC server on 127.0.0.1 (a free port) over that repository.
 4. Query it with stn-serve's client (own API) and with Triton's `tritonclient` (Open Inference
    Protocol), and check that both answer the same.
-5. Draw the queried inputs beside the crops the server returned, with its predictions.
+5. Draw the queried inputs beside the crops the server returned, with its predictions. The queried
+   images are saved as PNG files (`samples/`) that `stn-serve predict` and `batch` take.
 6. Stop the server.
 """
 
@@ -24,6 +25,8 @@ MODEL_NAME = "digits"
 QUERIED_IMAGES = 16
 #: The test images the demo queries are distorted with this seed, so every run shows the same ones.
 QUERY_SEED = 1234
+#: Folder (in the run's) of the queried images as PNG files, for `stn-serve predict` and `batch`.
+SAMPLES = "samples"
 
 
 @dataclass(frozen=True)
@@ -81,37 +84,48 @@ def query_with_tritonclient(port: int, images: np.ndarray) -> dict[str, np.ndarr
         client.close()
 
 
-def draw(images: np.ndarray, predictions, labels: np.ndarray, classes: list[str], path: Path) -> Path:
-    """A grid of input | crop pairs titled with the served prediction (green right, red wrong)."""
-    import matplotlib
+def save_samples(
+    images: np.ndarray, labels: np.ndarray, classes: list[str], folder: Path
+) -> list[Path]:
+    """Write each query image as an 8-bit PNG named after its place and label
+    (`03_label_7.png`), for `stn-serve predict` and `batch`; returns the paths in order."""
+    from stn_serve.imaging import crop_image
 
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, (image, label) in enumerate(zip(images, labels)):
+        path = folder / f"{number:02d}_label_{classes[label]}.png"
+        crop_image(image).save(path, format="PNG")
+        paths.append(path)
+    return paths
 
-    columns = 4
-    rows = int(np.ceil(len(images) / columns))
-    figure, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 1.3, rows * 1.6))
-    for axis in axes.flat:
-        axis.axis("off")
-    for i, (image, prediction, label) in enumerate(zip(images, predictions, labels)):
-        row, column = divmod(i, columns)
-        left, right = axes[row, 2 * column], axes[row, 2 * column + 1]
-        left.imshow(image[0], cmap="gray", vmin=0, vmax=1)
-        right.imshow(prediction.crop[0], cmap="gray", vmin=0, vmax=1)
+
+def draw(
+    samples: list[Path], predictions, labels: np.ndarray, classes: list[str], path: Path
+) -> Path:
+    """The contact sheet of the queried samples: each beside its served crop, with the served
+    prediction (green right, red wrong); `predict --sheet` and `batch --sheet` draw the same."""
+    from PIL import Image
+
+    from stn_serve.batch import SheetEntry, draw_sheet
+
+    entries = []
+    for sample, prediction, label in zip(samples, predictions, labels):
+        with Image.open(sample) as image:
+            image.load()
         best = prediction.top_k[0]
-        colour = "green" if best.label == classes[label] else "red"
-        left.set_title(f"input ({classes[label]})", fontsize=8)
-        right.set_title(f"crop → {best.label} {best.probability:.0%}", fontsize=8, color=colour)
-    figure.suptitle("served predictions: RTS-distorted inputs and the spatial transformer's crops")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+        truth = classes[label]
+        entries.append(
+            SheetEntry(sample.name, image, prediction.crop, best.label, best.probability, truth)
+        )
+    title = "served predictions: RTS-distorted inputs beside the spatial transformer's crops"
+    return draw_sheet(entries, path, title)
 
 
 def run_demo(settings: DemoSettings) -> DemoResult:
     from stn_serve.client import Client
     from stn_serve.export import export_checkpoint
+    from stn_serve.imaging import decode_image
     from stn_serve.server import create_server
     from stn_serve.train import TrainConfig, fit
 
@@ -149,7 +163,11 @@ def run_demo(settings: DemoSettings) -> DemoResult:
             client.wait_ready()
             info = client.describe()
             images, labels, classes = query_images(tuple(info.input_shape))
-            predictions = client.predict(images, top_k=3)
+            samples = save_samples(images, labels, classes, settings.out_dir / SAMPLES)
+            # Query the files a user can query, and send tritonclient their very pixels.
+            predictions = client.predict(samples, top_k=3)
+            channels, height, width = info.input_shape
+            images = np.stack([decode_image(path, (height, width), channels) for path in samples])
         triton = query_with_tritonclient(port, images)
     finally:
         server.stop(grace=1.0)
@@ -171,7 +189,9 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     )
 
     print("[5/5] drawing inputs beside the served crops")
-    picture = draw(images, predictions, labels, classes, settings.out_dir / "served_predictions.png")
+    picture = draw(
+        samples, predictions, labels, classes, settings.out_dir / "served_predictions.png"
+    )
 
     artefacts = {
         "checkpoint": trained.best_checkpoint,
@@ -179,6 +199,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         **{f"plot {path.stem}": path for path in trained.plots},
         "onnx model": model_dir / "model.onnx",
         "model description": model_dir / "model.json",
+        "sample inputs": settings.out_dir / SAMPLES,
         "served predictions": picture,
     }
     print()

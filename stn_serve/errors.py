@@ -33,5 +33,10 @@ class RequestCancelledError(StnServeError):
     """The client cancelled a request (or went away) before it was answered."""
 
 
+class NotAllowedError(StnServeError):
+    """The server's configuration does not allow the operation (e.g. loading a model when model
+    control is not explicit)."""
+
+
 class DeviceUnavailableError(StnServeError):
     """The requested device cannot run models (e.g. `--device cuda` on a machine without CUDA)."""

@@ -16,6 +16,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+@pytest.fixture(params=["kernel", "reference"])
+def sampler_implementation(request, monkeypatch):
+    """Run the test with the bilinear sampler's fused CPU kernel and with its tensor-op
+    reference (skipped for the kernel only where no C++ compiler or ninja can build it)."""
+    from stn_serve.ops import sampler_kernel
+
+    if request.param == "kernel":
+        missing = sampler_kernel.missing_tools()
+        if missing is not None:
+            pytest.skip(f"the sampler kernel cannot be built here: {missing}")
+        sampler_kernel.build()
+    monkeypatch.setenv(sampler_kernel.ENABLE_ENV, "1" if request.param == "kernel" else "0")
+    return request.param
+
+
 DIGITS_SHAPE = (1, 28, 28)
 DIGITS_LABELS = [str(d) for d in range(10)]
 

@@ -1,4 +1,5 @@
-"""The README's main command, in its quick mode: train → export → serve → query → picture."""
+"""The README's main command, in its quick mode: train → export → serve → query → picture,
+and the sample images it leaves for `predict` and `batch`."""
 
 import json
 import re
@@ -28,3 +29,17 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     # Both protocols run the same session on the same batch: the answers must agree to rounding.
     assert difference and float(difference.group(1)) < 1e-5
     assert "server stopped" in printed
+
+    # The images it queried are saved for `predict` and `batch`.
+    samples = sorted((out / "samples").iterdir())
+    assert str(out / "samples") in printed
+    assert len(samples) == 16 and all(re.fullmatch(r"\d\d_label_\d\.png", p.name) for p in samples)
+    for sample in samples:
+        with Image.open(sample) as image:
+            assert image.format == "PNG" and image.mode == "L" and image.size == (42, 42)
+    # What a user does next: run them through the exported model.
+    predictions = tmp_path / "predictions"
+    argv = ["batch", str(out / "samples"), "--out", str(predictions), "--repository",
+            str(repository), "--device", "cpu", "--progress", "off"]
+    assert main(argv) == 0
+    assert len((predictions / "predictions.jsonl").read_text().splitlines()) == 16

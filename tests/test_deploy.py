@@ -246,10 +246,14 @@ def test_validator_rejects_a_misspelt_field():
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_kustomization_lists_every_manifest():
+# Applied on its own: `kubectl apply -k` sets up the long-running server, not a batch job.
+BATCH_JOB = "batch-job.yaml"
+
+
+def test_kustomization_lists_every_manifest_but_the_batch_job():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
-    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", BATCH_JOB}
 
 
 def container() -> dict:
@@ -388,3 +392,55 @@ def test_readme_commands_name_real_files():
         assert (ROOT / path).exists(), path
     for command in re.findall(r"^stn-serve (.+)$", readme, re.MULTILINE):
         build_parser().parse_args(shlex.split(command))
+
+
+# The batch Job ----------------------------------------------------------------------------------
+
+
+def batch_job() -> dict:
+    (job,) = by_kind("Job")
+    return job
+
+
+def test_batch_job_is_indexed_and_each_pod_runs_its_own_shard():
+    from stn_serve.batch import Shard
+
+    spec = batch_job()["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["parallelism"] == spec["completions"]
+    (batch,) = spec["template"]["spec"]["containers"]
+    outs = set()
+    for index in range(spec["completions"]):
+        # What the kubelet makes of $(JOB_COMPLETION_INDEX), which Kubernetes sets in the pod.
+        argv = [a.replace("$(JOB_COMPLETION_INDEX)", str(index)) for a in batch["args"]]
+        args = build_parser().parse_args(argv)
+        assert args.command == "batch" and args.shard == Shard(index, spec["completions"])
+        assert args.server and args.server.startswith("dns:///stn-serve-headless:")
+        outs.add(str(args.out))
+    assert len(outs) == spec["completions"], "each shard writes a folder of its own"
+
+
+def test_batch_job_retries_a_shard_alone_and_never_runs_two_pods_of_one():
+    spec = batch_job()["spec"]
+    assert spec["backoffLimitPerIndex"] >= 1
+    assert spec["podReplacementPolicy"] == "Failed"
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_batch_job_reads_images_and_models_read_only_from_claims_it_can_find():
+    pod = batch_job()["spec"]["template"]["spec"]
+    (batch,) = pod["containers"]
+    args = build_parser().parse_args(
+        [a.replace("$(JOB_COMPLETION_INDEX)", "0") for a in batch["args"]]
+    )
+    mounts = {m["mountPath"]: m for m in batch["volumeMounts"]}
+    assert mounts[args.input]["readOnly"] is True and mounts["/models"]["readOnly"] is True
+    assert not mounts["/results"].get("readOnly") and str(args.out).startswith("/results/")
+    claims = {doc["metadata"]["name"] for doc in by_kind("PersistentVolumeClaim")}
+    used = {
+        volume["persistentVolumeClaim"]["claimName"]
+        for volume in pod["volumes"]
+        if "persistentVolumeClaim" in volume
+    }
+    assert used <= claims
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert batch["securityContext"]["readOnlyRootFilesystem"] is True

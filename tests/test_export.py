@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +70,8 @@ def test_export_writes_the_version_folder(exported):
     repository, folder = exported
     assert folder == repository / "digits" / "1"
     assert sorted(path.name for path in folder.iterdir()) == ["model.json", "model.onnx"]
-    # Nothing else in the repository: no staging folder left behind.
-    assert [path.name for path in (repository / "digits").iterdir()] == ["1"]
+    # Nothing else in the repository but Triton's model configuration: no staging folder.
+    assert sorted(path.name for path in (repository / "digits").iterdir()) == ["1", "config.pbtxt"]
 
 
 def test_model_json_follows_the_contract(exported):
@@ -207,6 +209,9 @@ def test_plain_cnn_exports_without_transform(tmp_path):
     description = json.loads((folder / "model.json").read_text())
     spec = ModelSpec.from_json(description, folder / "model.json")
     assert description["transform"] == "none" and spec.output_shapes["theta"] == (0,)
+    # Triton refuses a zero-sized dimension: config.pbtxt leaves theta [N, 0] out.
+    config_text = (tmp_path / "baseline" / "config.pbtxt").read_text()
+    assert 'name: "crop"' in config_text and 'name: "theta"' not in config_text
     assert description["parity"]["batch_sizes"] == [1, 3]
     with pytest.raises(InvalidInputError, match="has no spatial transformer"):
         export_model(fresh_model(config), config, LABELS, tmp_path, "baseline", gradients=True,
@@ -222,11 +227,17 @@ def checkpoint(tmp_path) -> Path:
 
 def test_cli_exports_a_checkpoint_with_gradients(tmp_path, checkpoint, capsys):
     repository = tmp_path / "export"
-    code = main(["export", str(checkpoint), "--repository", str(repository), "--name", "digits",
-                 "--version", "3", "--gradients", "--log-level", "WARNING"])
+    with warnings.catch_warnings():
+        # torch's note that the inputs' shared batch axis keeps one name is no news to a user.
+        warnings.filterwarnings("error", message="# The axis name")
+        code = main(["export", str(checkpoint), "--repository", str(repository), "--name",
+                     "digits", "--version", "3", "--gradients", "--log-level", "WARNING"])
     assert code == 0
     folder = repository / "digits" / "3"
-    assert capsys.readouterr().out.strip() == str(folder)
+    (summary,) = capsys.readouterr().out.splitlines()
+    assert summary.startswith(f"exported digits v3 to {folder} (gradients.onnx, model.json, "
+                              "model.onnx); parity with torch passed at batch sizes [1, ")
+    assert re.search(r"largest difference \S+ \(\w+\), gradients \S+ \(grad_\w+\)$", summary)
     assert sorted(path.name for path in folder.iterdir()) == ["gradients.onnx", "model.json", "model.onnx"]
     description = json.loads((folder / "model.json").read_text())
     assert description["transform"] == "tps" and description["metrics"] == {"test_accuracy": 0.25}

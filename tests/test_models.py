@@ -112,6 +112,29 @@ def test_spatial_transformer_output_size_differs_from_input():
     assert "crop_size=(8, 12)" in repr(transformer)
 
 
+@pytest.mark.parametrize("transform", ["similarity", "affine"])
+def test_native_ops_sample_the_same_crop_with_torchs_own_layer(transform):
+    # What `stn-serve bench layer --train-step` compares: the same model, weights and batch.
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(transform=transform, **RTS))
+    image = torch.rand(3, 1, 42, 42)
+    with torch.no_grad():
+        # Transforms away from the identity, a different one for each image.
+        model.transformer.localisation.head.weight.normal_(std=0.05)
+        ours = model(image)
+        model.transformer.native_ops = True
+        theirs = model(image)
+    torch.testing.assert_close(theirs.crop, ours.crop, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(theirs.logits, ours.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_native_ops_need_an_affine_family():
+    model = build_model(ModelConfig(transform="tps", **RTS))
+    model.transformer.native_ops = True
+    with pytest.raises(InvalidInputError, match="native_ops needs an affine transform family"):
+        model(torch.rand(2, 1, 42, 42))
+
+
 def test_config_round_trips_through_plain_dict():
     config = ModelConfig(transform="similarity", padding_mode="border", **RTS)
     data = config.to_dict()

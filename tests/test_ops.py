@@ -15,9 +15,12 @@ from stn_serve.ops import (
     affine_grid_backward,
     bilinear_sample_backward,
     grid_sample,
+    sampler_kernel,
 )
 
 ALIGN = [False, True]
+
+
 
 # (N, C, H_in, W_in, H_out, W_out): batch and channel counts of 1 and more, output smaller,
 # larger and of another aspect than the input, and a one-pixel-wide input.
@@ -53,7 +56,7 @@ def value_and_grads(sample, input, grid, grad_output, padding_mode, align_corner
 @pytest.mark.parametrize("align_corners", ALIGN)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_grid_sample_matches_native(shape, padding_mode, align_corners, seed):
+def test_grid_sample_matches_native(sampler_implementation, shape, padding_mode, align_corners, seed):
     generator = torch.Generator().manual_seed(seed)
     batch, channels, height, width, out_height, out_width = shape
     input = torch.randn(batch, channels, height, width, generator=generator)
@@ -67,7 +70,7 @@ def test_grid_sample_matches_native(shape, padding_mode, align_corners, seed):
 
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_both_sampler_ops_match_native(padding_mode, channels):
+def test_both_sampler_ops_match_native(sampler_implementation, padding_mode, channels):
     # grid_sample runs stn::grid_sample_with_context when autograd wants gradients in eager
     # mode and stn::grid_sample otherwise (no grad, torch.compile, export): both must be right.
     generator = torch.Generator().manual_seed(2)
@@ -89,8 +92,9 @@ def test_both_sampler_ops_match_native(padding_mode, channels):
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflection"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_backward_in_groups_of_images_matches_native(monkeypatch, padding_mode, channels):
-    # The training backward splits large batches into groups of images; a budget of one
-    # element makes every image its own group, and 5 images leave no group the same as another.
+    # The reference's training backward splits large batches into groups of images; a budget of
+    # one element makes every image its own group, and 5 images leave no group the same as another.
+    monkeypatch.setenv(sampler_kernel.ENABLE_ENV, "0")
     monkeypatch.setattr(importlib.import_module("stn_serve.ops.grid_sample"), "_GROUP_ELEMENTS", 1)
     generator = torch.Generator().manual_seed(11)
     input = torch.randn(5, channels, 6, 7, generator=generator)
@@ -103,7 +107,7 @@ def test_backward_in_groups_of_images_matches_native(monkeypatch, padding_mode, 
 
 
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_grid_sample_matches_native_on_non_contiguous_tensors(padding_mode):
+def test_grid_sample_matches_native_on_non_contiguous_tensors(sampler_implementation, padding_mode):
     generator = torch.Generator().manual_seed(3)
     # A channels-last input sliced to every other column, and a grid stored as [N, 2, H, W].
     storage = torch.randn(2, 8, 12, 3, generator=generator)
@@ -121,7 +125,7 @@ def test_grid_sample_matches_native_on_non_contiguous_tensors(padding_mode):
 
 @pytest.mark.parametrize("align_corners", ALIGN)
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_gradient_at_pixel_centres_matches_native(padding_mode, align_corners):
+def test_gradient_at_pixel_centres_matches_native(sampler_implementation, padding_mode, align_corners):
     # The identity grid lands on integer pixel coordinates, where bilinear sampling has a kink:
     # the grid gradient there must be torch's (the difference towards the next pixel), or a
     # spatial transformer initialised at the identity would get no gradient.
@@ -139,7 +143,7 @@ def test_gradient_at_pixel_centres_matches_native(padding_mode, align_corners):
 
 @pytest.mark.parametrize("align_corners", ALIGN)
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_identity_theta_reproduces_the_input(padding_mode, align_corners):
+def test_identity_theta_reproduces_the_input(sampler_implementation, padding_mode, align_corners):
     generator = torch.Generator().manual_seed(5)
     input = torch.randn(3, 2, 7, 9, generator=generator, dtype=torch.float64)
     theta = torch.eye(2, 3, dtype=torch.float64).repeat(3, 1, 1)
@@ -151,7 +155,7 @@ def test_identity_theta_reproduces_the_input(padding_mode, align_corners):
     )
 
 
-def test_hand_computed_three_by_three_example():
+def test_hand_computed_three_by_three_example(sampler_implementation):
     # input (one channel):       grid points (x, y), align_corners=True so pixel = g + 1:
     #   [[1, 2, 0],              a: (-0.5,  0.0) -> pixel (0.5, 1.0)
     #    [4, 8, 6],              b: ( 0.5,  0.5) -> pixel (1.5, 1.5)
@@ -189,7 +193,7 @@ def test_hand_computed_three_by_three_example():
 
 @pytest.mark.parametrize("align_corners", ALIGN)
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
-def test_grid_sample_gradcheck(padding_mode, align_corners):
+def test_grid_sample_gradcheck(sampler_implementation, padding_mode, align_corners):
     generator = torch.Generator().manual_seed(6)
     input = torch.randn(2, 2, 4, 5, generator=generator, dtype=torch.float64, requires_grad=True)
     grid = random_grid(generator, 2, 3, 3, torch.float64, spread=1.3).requires_grad_()
@@ -232,7 +236,7 @@ def test_affine_grid_on_non_contiguous_theta():
     )
 
 
-def test_full_layer_gradient_matches_native():
+def test_full_layer_gradient_matches_native(sampler_implementation):
     # affine_grid feeding grid_sample, as a spatial transformer uses them: theta gets the
     # gradient of the whole chain.
     generator = torch.Generator().manual_seed(8)
@@ -255,7 +259,7 @@ def test_full_layer_gradient_matches_native():
         torch.testing.assert_close(mine, reference, atol=1e-4, rtol=1e-5)
 
 
-def test_no_native_sampler_or_affine_grid_kernel_is_called(monkeypatch):
+def test_no_native_sampler_or_affine_grid_kernel_is_called(sampler_implementation, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a native grid sampler or affine-grid kernel was called")
 
@@ -281,13 +285,20 @@ def test_no_native_sampler_or_affine_grid_kernel_is_called(monkeypatch):
         if name.startswith("aten::") and ("grid_sampler" in name or "affine_grid" in name)
     }
     assert native == set(), native
-    # With gradients wanted in eager mode, grid_sample runs the training-path op.
-    assert {
-        "stn::grid_sample_with_context",
-        "stn::affine_grid",
-        "aten::embedding_bag",
-        "aten::scatter_add_",
-    } <= names
+    kernel_ops = {"stn_kernel::bilinear_sample", "stn_kernel::bilinear_sample_backward"}
+    if sampler_implementation == "kernel":
+        # One op each way, both the fused kernel's.
+        assert {"stn::grid_sample", "stn::grid_sample_backward", *kernel_ops} <= names
+        assert "stn::grid_sample_with_context" not in names
+    else:
+        # With gradients wanted in eager mode, the reference runs its training-path op.
+        assert {
+            "stn::grid_sample_with_context",
+            "stn::affine_grid",
+            "aten::embedding_bag",
+            "aten::scatter_add_",
+        } <= names
+        assert not kernel_ops & names
 
 
 @pytest.mark.parametrize(
@@ -316,7 +327,11 @@ def test_no_native_sampler_or_affine_grid_kernel_is_called(monkeypatch):
         ),
         (
             lambda: grid_sample(torch.zeros(1, 4, 4), torch.zeros(1, 3, 3, 2)),
-            r"input must be \[N, C, H, W\], got \[1, 4, 4\]",
+            r"input must be \[N, C, H, W\] with H, W >= 1, got \[1, 4, 4\]",
+        ),
+        (
+            lambda: grid_sample(torch.zeros(1, 1, 0, 4), torch.zeros(1, 3, 3, 2)),
+            r"input must be \[N, C, H, W\] with H, W >= 1, got \[1, 1, 0, 4\]",
         ),
         (
             lambda: grid_sample(
@@ -357,6 +372,18 @@ def test_backward_functions_skip_gradients_not_asked_for():
     assert affine_grid_backward(torch.ones(2, 3, 4, 2), (2, 1, 3, 4), False).shape == (2, 2, 3)
 
 
+def _backward_args(channels, padding_mode, align_corners, need_input_grad):
+    """Arguments of stn::grid_sample_backward: grad_output, input, grid and the settings."""
+    return (
+        torch.randn(2, channels, 6, 2),
+        torch.randn(2, channels, 5, 4),
+        torch.rand(2, 6, 2, 2) * 2 - 1,
+        padding_mode,
+        align_corners,
+        need_input_grad,
+    )
+
+
 @pytest.mark.parametrize(
     "op, args",
     [
@@ -373,10 +400,16 @@ def test_backward_functions_skip_gradients_not_asked_for():
             (torch.randn(2, 1, 5, 4), torch.rand(2, 3, 6, 2) * 2 - 1, "zeros", False),
         ),
         (torch.ops.stn.affine_grid.default, (torch.randn(2, 2, 3), [2, 1, 4, 5], True)),
+        (torch.ops.stn.grid_sample_backward.default, _backward_args(3, "zeros", False, True)),
+        (torch.ops.stn.grid_sample_backward.default, _backward_args(1, "border", True, False)),
     ],
 )
-def test_custom_op_registration_passes_opcheck(op, args):
-    args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
+def test_custom_op_registration_passes_opcheck(sampler_implementation, op, args):
+    # The backward op has no gradient of its own (nor has torch's grid sampler backward).
+    differentiable = op is not torch.ops.stn.grid_sample_backward.default
+    args = tuple(
+        a.requires_grad_(differentiable) if isinstance(a, torch.Tensor) else a for a in args
+    )
     torch.library.opcheck(op, args)
 
 
@@ -400,13 +433,13 @@ def _compiled_matches_eager(backend, channels):
 
 
 @pytest.mark.parametrize("channels", [1, 2])
-def test_layer_runs_under_torch_compile_fullgraph(channels):
+def test_layer_runs_under_torch_compile_fullgraph(sampler_implementation, channels):
     torch._dynamo.reset()
     _compiled_matches_eager("aot_eager", channels)
 
 
 @pytest.mark.slow
-def test_layer_runs_under_torch_compile_inductor():
+def test_layer_runs_under_torch_compile_inductor(sampler_implementation):
     torch._dynamo.reset()
     _compiled_matches_eager("inductor", 2)
 
@@ -437,7 +470,7 @@ def test_layer_matches_native_on_cuda(channels, padding_mode):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_empty_batch_gives_empty_output_and_gradients(channels):
+def test_empty_batch_gives_empty_output_and_gradients(sampler_implementation, channels):
     input = torch.rand(0, channels, 5, 5, requires_grad=True)
     theta = torch.zeros(0, 2, 3, requires_grad=True)
     output = grid_sample(input, affine_grid(theta, (0, channels, 4, 3)))
@@ -447,7 +480,7 @@ def test_empty_batch_gives_empty_output_and_gradients(channels):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_nan_grid_points_give_nan_output_instead_of_an_error(channels):
+def test_nan_grid_points_give_nan_output_instead_of_an_error(sampler_implementation, channels):
     input = torch.rand(2, channels, 5, 5)
     grid = torch.zeros(2, 3, 3, 2)
     grid[0, 1, 1] = float("nan")

@@ -38,19 +38,29 @@ def test_qualify_imports_leaves_other_packages_alone():
     )
 
 
+def _enum(enum) -> dict:
+    return {value.name: value.number for value in enum.values}
+
+
 def _fields(message) -> dict:
-    """name -> (number, type, repeated, nested message type name) for a message and its nested types."""
+    """name -> (number, type, repeated, message or enum type name, oneof) for a message, and the
+    same for its nested messages and enums."""
     fields = {
         field.name: (
             field.number,
             field.type,
             field.is_repeated,
-            field.message_type.full_name if field.message_type else None,
+            (field.message_type or field.enum_type).full_name
+            if field.message_type or field.enum_type
+            else None,
+            field.containing_oneof.name if field.containing_oneof else None,
         )
         for field in message.fields
     }
     for nested in message.nested_types:
         fields[nested.name] = _fields(nested)
+    for nested in message.enum_types:
+        fields[nested.name] = _enum(nested)
     return fields
 
 
@@ -72,6 +82,22 @@ def test_inference_protocol_matches_tritonclient():
         assert method.output_type.full_name == theirs_method.output_type.full_name
         assert method.client_streaming == theirs_method.client_streaming
         assert method.server_streaming == theirs_method.server_streaming
+
+
+def test_model_config_is_tritons_in_full():
+    """Every message and enum of Triton's model configuration, field for field, so any
+    config.pbtxt written for Triton parses here and the ModelConfig answer is wire-identical."""
+    from tritonclient.grpc import model_config_pb2 as theirs
+
+    from stn_serve._proto.inference import model_config_pb2 as ours
+
+    assert ours.DESCRIPTOR.package == theirs.DESCRIPTOR.package == "inference"
+    assert set(ours.DESCRIPTOR.message_types_by_name) == set(theirs.DESCRIPTOR.message_types_by_name)
+    for name, message in ours.DESCRIPTOR.message_types_by_name.items():
+        assert _fields(message) == _fields(theirs.DESCRIPTOR.message_types_by_name[name]), name
+    assert set(ours.DESCRIPTOR.enum_types_by_name) == set(theirs.DESCRIPTOR.enum_types_by_name)
+    for name, enum in ours.DESCRIPTOR.enum_types_by_name.items():
+        assert _enum(enum) == _enum(theirs.DESCRIPTOR.enum_types_by_name[name]), name
 
 
 def test_generated_code_loads_beside_tritonclient():

@@ -220,11 +220,15 @@ def test_cuda_with_io_binding_matches_cpu(model_repository, digits_images, monke
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-4)
 
 
-def test_auto_without_cuda_warns_that_it_runs_on_the_cpu(model_repository, caplog):
+def test_auto_without_cuda_warns_once_per_process(model_repository, caplog, monkeypatch):
     import onnxruntime as ort
+
+    from stn_serve.runtime import model as model_module
 
     if CUDA not in ort.get_available_providers() or cuda_usable():
         pytest.skip("needs an onnxruntime build with the CUDA provider on a machine without CUDA")
-    model = OnnxModel(model_repository / "digits" / "1", RuntimeOptions(device="auto")).load()
-    assert model.provider == CPU
-    assert any("running on the CPU" in r.message for r in caplog.records)
+    monkeypatch.setattr(model_module, "_cpu_fallbacks_reported", set())
+    repository = ModelRepository(model_repository, RuntimeOptions(device="auto")).load()
+    assert [m.provider for m in repository.models()] == [CPU, CPU]  # two versions
+    warnings = [r for r in caplog.records if "running on the CPU" in r.message]
+    assert len(warnings) == 1, [r.path for r in warnings]

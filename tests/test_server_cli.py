@@ -90,7 +90,7 @@ def test_sighup_is_logged_and_the_server_keeps_serving(model_repository):
         for count in (1, 2):
             server.send(signal.SIGHUP)
             server.wait_for(
-                "SIGHUP ignored: this repository cannot be rescanned while serving", count
+                "SIGHUP ignored: the models were loaded at start and nothing rescans them", count
             )
             assert len(predict(port).predictions) == 1
         server.send(signal.SIGTERM)

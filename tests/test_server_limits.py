@@ -234,3 +234,77 @@ def test_open_inference_protocol_versions_are_ascii_digits(repository, version):
     for refused in (error, infer_error):
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "model version must be a positive integer" in refused.value.details()
+
+
+# --- a repository that changes while the server runs --------------------------------------------
+
+
+def health_of(channel, service: str) -> int:
+    return (
+        health_pb2_grpc.HealthStub(channel)
+        .Check(health_pb2.HealthCheckRequest(service=service), timeout=WAIT_S)
+        .status
+    )
+
+
+def test_health_and_batchers_follow_the_repository_as_it_changes(model_repository, tmp_path):
+    """Models come and go through the repository (its rescan, here the server's SIGHUP hook):
+    health follows, requests reach the new model, the gone one's batcher is closed."""
+    import shutil
+
+    from conftest import write_model
+
+    shutil.copytree(model_repository / "digits", tmp_path / "digits")
+    repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu")).load()
+    with (
+        running_server(repository, rescan=repository.rescan) as (server, port),
+        own_channel(port) as channel,
+    ):
+        stub = stn_pb2_grpc.StnServiceStub(channel)
+        write_model(tmp_path, "other", 1)
+        assert server.rescan()
+        deadline = time.monotonic() + WAIT_S
+        while health_of(channel, "other") != SERVING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert health_of(channel, "other") == SERVING
+        assert len(stub.Predict(request(model="other"), timeout=WAIT_S).predictions) == 1
+        other = repository.get("other")
+        assert other in server.path.dispatcher.models()
+
+        shutil.rmtree(tmp_path / "other")
+        assert server.rescan()
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        while health_of(channel, "other") != not_serving and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert health_of(channel, "other") == not_serving
+        with pytest.raises(grpc.RpcError) as gone:
+            stub.Predict(request(model="other"), timeout=WAIT_S)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+        assert other not in server.path.dispatcher.models()
+        assert health_of(channel, "digits") == SERVING
+    repository.unload()
+
+
+def test_a_request_holds_its_model_version_until_it_is_answered(model_repository, tmp_path):
+    """Removing a model while a request for it runs: the repository unloads it only once the
+    request, which holds a lease on it, has been answered."""
+    import shutil
+
+    shutil.copytree(model_repository / "digits", tmp_path / "digits")
+    repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu")).load()
+    gate = Gate(repository.get("digits", 2))
+    with running_server(repository) as (_, port), own_channel(port) as channel:
+        stub = stn_pb2_grpc.StnServiceStub(channel)
+        held = stub.Predict.future(request(), timeout=WAIT_S)
+        assert gate.entered.wait(WAIT_S)
+        shutil.rmtree(tmp_path / "digits" / "2")
+        rescanning = threading.Thread(target=repository.rescan)
+        rescanning.start()
+        time.sleep(0.2)
+        assert rescanning.is_alive()  # draining: waits for the request holding version 2
+        gate.open()
+        assert held.result(WAIT_S).version == 2
+        rescanning.join(WAIT_S)
+        assert not rescanning.is_alive()
+        assert stub.Predict(request(), timeout=WAIT_S).version == 1
+    repository.unload()

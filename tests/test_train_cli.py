@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from stn_serve.cli import build_parser, main
+from stn_serve.commands.train import output_folder
 from stn_serve.train import TrainConfig, load_checkpoint
 from stn_serve.train.options import config_from_args
 
@@ -46,7 +48,21 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_train_flag_defaults_are_the_library_defaults():
     args = build_parser().parse_args(["train"])
-    assert config_from_args(args) == TrainConfig()
+    assert config_from_args(args, out_dir=output_folder(args)) == TrainConfig()
+
+
+def test_resume_continues_in_the_checkpoints_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default output folder, runs/train, would go
+    out = tmp_path / "run"
+    assert main(["train", *TINY_FLAGS, "--epochs", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"test accuracy \d+\.\d\d% \(best epoch 1, val accuracy \d+\.\d\d%\)", printed)
+    assert f"plots: {out / 'curves.png'}, {out / 'crops.png'}" in printed
+    resume = ["--resume", str(out / "last.pt"), "--no-plots"]
+    assert main(["train", *TINY_FLAGS, "--epochs", "2", *resume]) == 0
+    assert not (tmp_path / "runs").exists()
+    metrics = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [1, 2]
 
 
 def test_train_help_documents_every_flag(capsys):

@@ -37,7 +37,7 @@ class Predictor(Protocol):
 class RemotePredictor:
     """Sends each chunk as one Predict request. When the server refuses a chunk as invalid (some
     file in it does not decode) or too large (over its message or image limits), the chunk's
-    files are sent one by one, so only the files at fault fail."""
+    files are sent one by one, so only the files at fault fail, each named by its path."""
 
     def __init__(self, client: Client, top_k: int):
         self.client = client
@@ -49,14 +49,14 @@ class RemotePredictor:
             return list(zip((file for file, _ in chunk), predictions)), []
         except (InvalidInputError, ResourceExhaustedError) as error:
             if len(chunk) == 1:
-                return [], [Failure(chunk[0][0].key, str(error))]
+                return [], [_refused(chunk[0][0], error)]
         done, failed = [], []
         for file, data in chunk:
             try:
                 (prediction,) = self.client.predict([data], top_k=self.top_k)
                 done.append((file, prediction))
             except StnServeError as error:
-                failed.append(Failure(file.key, str(error)))
+                failed.append(_refused(file, error))
         return done, failed
 
     def close(self) -> None:
@@ -69,6 +69,12 @@ class RemotePredictor:
         self.close()
 
 
+def _refused(file: InputFile, error: StnServeError) -> Failure:
+    """The failure of a file sent on its own: the server names it `images[0]`, the user knows
+    it by its path."""
+    return Failure(file.key, str(error).replace("images[0]", str(file.path)))
+
+
 class LocalPredictor:
     """Decodes images in this process, as the server does, and runs one model version
     (`stn_serve.runtime.OnnxModel`) on ONNX Runtime."""
@@ -79,9 +85,10 @@ class LocalPredictor:
 
     def predict(self, chunk: list[Encoded]) -> Outcome:
         decoded, failed = [], []
+        shape = self.model.spec.input_shape
         for file, data in chunk:
             try:
-                decoded.append((file, decode_encoded(data, self.model.spec.input_shape, file.key)))
+                decoded.append((file, decode_encoded(data, shape, str(file.path))))
             except StnServeError as error:
                 failed.append(Failure(file.key, str(error)))
         if not decoded:

@@ -31,6 +31,10 @@ class Client:
         version: default model version; 0 = the newest loaded.
         timeout: default deadline in seconds for each unary call (None = no deadline).
         max_message_mb: the largest request or response the channel accepts.
+        tls: connect with TLS, trusting the system's CA certificates (implied by `tls_ca`).
+        tls_ca: PEM file of the CA that signed the server's certificate.
+        tls_cert, tls_key: PEM client certificate and key, for a server requiring mutual TLS.
+        token: bearer token sent with every call (`authorization: Bearer <token>`).
         channels: connections to spread the calls over, in turn. A server of several processes
             on one port (`stn-serve serve --processes N`) shares the work by connection, so a
             busy client uses about N (or more) to reach every process.
@@ -46,6 +50,11 @@ class Client:
         version: int = 0,
         timeout: float | None = DEFAULT_TIMEOUT_S,
         max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+        tls: bool = False,
+        tls_ca=None,
+        tls_cert=None,
+        tls_key=None,
+        token: str | None = None,
         channels: int = 1,
     ):
         if channels < 1:
@@ -54,7 +63,16 @@ class Client:
         self.model = model
         self.version = version
         self.timeout = timeout
-        self._channels = open_channels(target, channels, max_message_mb)
+        self._channels = open_channels(
+            target,
+            channels,
+            max_message_mb=max_message_mb,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            token=token,
+        )
         self._stubs = itertools.cycle(
             [stn_pb2_grpc.StnServiceStub(channel) for channel in self._channels]
         )

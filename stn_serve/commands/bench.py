@@ -5,11 +5,12 @@ Each benchmark module defines `HELP`, `add_arguments(parser)` and `run(args) -> 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 
+from stn_serve.commands.formatting import HelpFormatter
+
 # Order is the order shown in `stn-serve bench --help`.
-BENCHMARKS = ["layer", "accuracy", "export", "serve"]
+BENCHMARKS = ["layer", "accuracy", "export", "serve", "batch"]
 
 
 def add_parser(subparsers, parents):
@@ -17,7 +18,7 @@ def add_parser(subparsers, parents):
         "bench",
         parents=parents,
         help="run a benchmark and print measured figures",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name in BENCHMARKS:
@@ -27,7 +28,7 @@ def add_parser(subparsers, parents):
             parents=parents,
             help=module.HELP,
             description=module.HELP,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(sub)
         sub.set_defaults(run_benchmark=module.run)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 
 from stn_serve.client.defaults import DEFAULT_MAX_MESSAGE_MB, DEFAULT_TIMEOUT_S
+from stn_serve.client.flags import add_tls_arguments, tls_arguments
 from stn_serve.contract import DEFAULT_TOP_K
 
 DEFAULT_SERVER = "localhost:8001"
 
 
 def client_options() -> argparse.ArgumentParser:
-    """Flags that choose the model and bound each request."""
+    """Flags that choose the model, bound each request, and secure the connection."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
         "--model", type=str, default="", help="model name (empty: the only model the server holds)"
@@ -33,13 +34,21 @@ def client_options() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_MESSAGE_MB,
         help="largest gRPC message sent or received",
     )
+    add_tls_arguments(parser)
+    parser.add_argument(
+        "--auth-token-file",
+        default=None,
+        help="file holding the bearer token of a server that requires one",
+    )
     return parser
 
 
 def remote_predictor(args):
-    """A `RemotePredictor` on `args.server` with the `client_options` flags."""
+    """A `RemotePredictor` on `args.server` with the `client_options` flags, once the server has
+    described the model: no server there, or no such model, fails here, before any image is read."""
     from stn_serve.batch import RemotePredictor
     from stn_serve.client import Client
+    from stn_serve.contract.auth import read_token
 
     client = Client(
         args.server,
@@ -47,5 +56,12 @@ def remote_predictor(args):
         version=args.version,
         timeout=args.timeout,
         max_message_mb=args.max_message_mb,
+        token=read_token(args.auth_token_file) if args.auth_token_file else None,
+        **tls_arguments(args),
     )
+    try:
+        client.describe()
+    except BaseException:
+        client.close()
+        raise
     return RemotePredictor(client, args.top_k)

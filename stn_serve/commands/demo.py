@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from stn_serve.commands.formatting import HelpFormatter
 
 
 def add_parser(subparsers, parents):
@@ -14,7 +15,7 @@ def add_parser(subparsers, parents):
         description="Train a small ST-CNN on RTS-distorted digits, export it to the model "
         "repository, serve it over gRPC, query it with the project's client and tritonclient, "
         "draw the inputs beside the served crops, and stop the server.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run's files")
     parser.add_argument(

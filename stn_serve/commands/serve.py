@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from stn_serve.commands.formatting import HelpFormatter
 from stn_serve.contract import DEVICES
 from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS, RuntimeOptions
 from stn_serve.server.options import PORTS, RANGES, Range, ServerOptions
@@ -45,9 +46,9 @@ def add_parser(subparsers, parents):
         help="serve a model repository over gRPC",
         description="Serve every model in a model repository over gRPC until SIGTERM/SIGINT "
         "(which drain it: health NOT_SERVING, --drain-delay-s, then accepted requests finish "
-        "within --grace-s). SIGHUP never stops it: a repository that can be rescanned is, else "
-        "the signal is logged and ignored.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "within --grace-s). SIGHUP never stops it: it is logged and ignored (the models are "
+        "loaded once, at start).",
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
 
@@ -183,9 +184,13 @@ def add_parser(subparsers, parents):
 
 
 def run(args) -> int:
+    from stn_serve.commands.ports import check_port_free
     from stn_serve.runtime import RuntimeOptions
     from stn_serve.server import ServerOptions, serve, serve_processes
 
+    check_port_free(args.host, args.port, "--port", "bind")
+    if args.metrics_port > 0:
+        check_port_free(args.host, args.metrics_port, "--metrics-port", "serve metrics on")
     flags = {name: value for name, value in vars(args).items() if name in RANGES}
     options = ServerOptions(
         **flags,

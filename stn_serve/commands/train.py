@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from stn_serve.commands.formatting import HelpFormatter
 from stn_serve.models.config import ARCHS
 from stn_serve.train.options import DEFAULTS, training_parents
 
@@ -16,7 +18,7 @@ def add_parser(subparsers, parents):
         description="Train a model and write best.pt, last.pt, metrics.jsonl, curves.png and crops.png "
         "to --out. Run under `torchrun --nproc-per-node N -m stn_serve train ...` for "
         "data-parallel training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     run_group = parser.add_argument_group("run")
     run_group.add_argument(
@@ -36,8 +38,9 @@ def add_parser(subparsers, parents):
         "--out",
         dest="out_dir",
         type=str,
-        default=DEFAULTS.out_dir,
-        help="output folder for checkpoints, metrics.jsonl and plots",
+        default=None,
+        help="output folder for checkpoints, metrics.jsonl and plots (None: the folder of "
+        f"--resume's checkpoint, else {DEFAULTS.out_dir})",
     )
     run_group.add_argument(
         "--resume",
@@ -55,17 +58,27 @@ def add_parser(subparsers, parents):
     return parser
 
 
+def output_folder(args) -> str:
+    """--out, else a resumed run's own folder (so its metrics.jsonl and best.pt continue), else
+    the default."""
+    if args.out_dir is not None:
+        return args.out_dir
+    return str(Path(args.resume).parent) if args.resume else DEFAULTS.out_dir
+
+
 def run(args) -> int:
     from stn_serve.train import fit
     from stn_serve.train.options import config_from_args
 
-    result = fit(config_from_args(args))
+    result = fit(config_from_args(args, out_dir=output_folder(args)))
     if result.rank != 0:
         return 0
     metrics = result.metrics
     print(
-        f"test accuracy {metrics['test_accuracy']:.4f} (best epoch {metrics['best_epoch']}, "
-        f"val accuracy {metrics['best_val_accuracy']:.4f}); checkpoints: {result.best_checkpoint}, "
+        f"test accuracy {metrics['test_accuracy']:.2%} (best epoch {metrics['best_epoch']}, "
+        f"val accuracy {metrics['best_val_accuracy']:.2%}); checkpoints: {result.best_checkpoint}, "
         f"{result.last_checkpoint}"
     )
+    if result.plots:
+        print("plots: " + ", ".join(str(path) for path in result.plots))
     return 0

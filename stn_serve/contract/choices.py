@@ -1,4 +1,6 @@
-"""The choices both sides name: one copy each, read by models, ops, flags and the runtime."""
+"""The choices the project names in more than one place: one copy each, read by models, ops,
+data, the command line's flags and the runtime. Flags list them as argparse choices, so a bad
+value fails before anything heavy is imported."""
 
 from __future__ import annotations
 
@@ -14,3 +16,7 @@ DEVICES = ("auto", "cuda", "cpu")
 EXECUTION_PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 #: Classes answered per image when a request leaves top_k at 0 (stn.v1's default).
 DEFAULT_TOP_K = 5
+#: Image sources for training (`stn_serve.data.load_split` reads them).
+DATA_SOURCES = ("digits", "mnist", "fashion-mnist", "folder")
+#: Distortions of the STN paper (`stn_serve.data.distort` draws them).
+DISTORTIONS = ("none", "R", "RTS", "P", "E", "TC")

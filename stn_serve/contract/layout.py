@@ -1,5 +1,6 @@
 """The model repository's layout, as Triton lays it out: `<root>/<name>/<version>/` with
-`model.onnx` and `model.json` in each version folder; versions are positive integers."""
+`model.onnx` and `model.json` in each version folder, versions positive integers, and Triton's
+model configuration `<root>/<name>/config.pbtxt` beside the version folders."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from stn_serve.errors import InvalidInputError
 MODEL_FILE = "model.onnx"
 SPEC_FILE = "model.json"
 GRADIENTS_FILE = "gradients.onnx"
+CONFIG_FILE = "config.pbtxt"
 
 # A model name is one path component that a URL, a shell and Triton take as it is.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -39,12 +41,3 @@ def parse_version(text: str) -> int | None:
 def is_version_directory(path: Path) -> bool:
     """Whether `path` is a version folder of a model: a directory named by a positive integer."""
     return parse_version(path.name) is not None and path.is_dir()
-
-
-def version_directories(root: Path) -> list[Path]:
-    """`<root>/<name>/<version>/` folders, sorted by name then version; hidden folders (such as
-    an export's staging folder) are left out."""
-    found = []
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found.extend(filter(is_version_directory, model_dir.iterdir()))
-    return sorted(found, key=lambda p: (p.parent.name, int(p.name)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from stn_serve.errors import (
     DeadlineExceededError,
     InvalidInputError,
+    NotAllowedError,
     NotFoundError,
     NotReadyError,
     RequestCancelledError,
@@ -22,6 +23,7 @@ STATUS_CODES: tuple[tuple[type[StnServeError], str], ...] = (
     (NotReadyError, "UNAVAILABLE"),
     (DeadlineExceededError, "DEADLINE_EXCEEDED"),
     (RequestCancelledError, "CANCELLED"),
+    (NotAllowedError, "FAILED_PRECONDITION"),
 )
 #: What an unexpected error is answered with; the server logs the details.
 INTERNAL = "INTERNAL"

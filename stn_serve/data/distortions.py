@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from stn_serve.contract import DISTORTIONS
 from stn_serve.data.split import as_integer
 from stn_serve.data.warps import (
     affine_warp,
@@ -35,8 +36,6 @@ from stn_serve.data.warps import (
     similarity_theta,
 )
 from stn_serve.errors import InvalidInputError
-
-DISTORTIONS = ("none", "R", "RTS", "P", "E", "TC")
 
 #: The paper's sizes are for 28×28 digits; other inputs scale by their size / 28.
 REFERENCE_SIZE = 28

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stn_serve.contract import DATA_SOURCES as SOURCES
 from stn_serve.data.digits import load_digits_split
 from stn_serve.data.folder import load_folder_split
 from stn_serve.data.idx_sources import IDX_SOURCES, load_idx_split
 from stn_serve.data.split import Split, check_split
 from stn_serve.errors import InvalidInputError
-
-SOURCES = ("digits", "mnist", "fashion-mnist", "folder")
 
 
 def load_split(

@@ -34,6 +34,7 @@ from stn_serve.export.gradients import (
 )
 from stn_serve.export.graph import ServingGraph, check_opset, to_onnx
 from stn_serve.export.metadata import describe, set_metadata
+from stn_serve.export.model_config import write_model_config
 from stn_serve.export.parity import (
     GRADIENT_TOLERANCES,
     TOLERANCES,
@@ -167,7 +168,8 @@ def export_model(
     verify_inputs: torch.Tensor | None = None,
     gradients: bool = False,
 ) -> Path:
-    """Export `model` to `<repository>/<name>/<version>/` (model.onnx + model.json).
+    """Export `model` to `<repository>/<name>/<version>/` (model.onnx + model.json), and
+    Triton's `<repository>/<name>/config.pbtxt` when the model has none yet.
 
     Nothing is written unless the graph passes `onnx.checker` and matches torch in ONNX Runtime
     within `parity.TOLERANCES` (and `GRADIENT_TOLERANCES` for the gradients).
@@ -211,6 +213,7 @@ def export_model(
     files[MODEL_FILE] = proto.SerializeToString()
     files[SPEC_FILE] = spec.dumps().encode()
     target = publish(Path(repository), name, version, files)
+    write_model_config(Path(repository), spec)
     log.info("exported", extra={"path": str(target), "opset": opset, "files": sorted(files)})
     return target
 

@@ -76,10 +76,14 @@ def to_onnx(
     # Without gradients the custom layer runs its inference op, stn::grid_sample, which the
     # translation table maps (its training variant also returns the backward's context).
     # torch's own decomposition step uses a pytree check it has deprecated and says so on every
-    # export; nothing this project passes changes that.
+    # export; nothing this project passes changes that. With several inputs sharing the one
+    # `batch` dimension, torch also says that the name is kept for one axis only: they are one.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message=r"# The axis name: batch will not be used", category=UserWarning
         )
         program = torch.onnx.export(
             module.eval(),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from stn_serve.errors import InvalidInputError
 from stn_serve.ops import grid_sample
-from stn_serve.ops.transforms import make_transform
+from stn_serve.ops.transforms import AffineFamily, make_transform
 
 
 class SpatialTransformer(nn.Module):
@@ -38,6 +40,10 @@ class SpatialTransformer(nn.Module):
         self.crop_size = tuple(crop_size)
         self.padding_mode = padding_mode
         self.align_corners = align_corners
+        # True samples with torch's own affine_grid and grid_sample instead of this project's
+        # layer (affine families only), so that `stn-serve bench layer --train-step` can time
+        # the same model both ways.
+        self.native_ops = False
 
     @property
     def num_params(self) -> int:
@@ -62,9 +68,29 @@ class SpatialTransformer(nn.Module):
     def sample(self, image: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """The crop (Tensor[N, C, h, w]) of `image` (Tensor[N, C, H, W]) through the transform
         parameters `theta` (Tensor[N, P])."""
+        if self.native_ops:
+            return self._native_crop(image, theta)
         grid = self.grid_generator(theta)  # (N, h, w, 2)
         return grid_sample(
             image, grid, padding_mode=self.padding_mode, align_corners=self.align_corners
+        )
+
+    def _native_crop(self, image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """The crop by torch.nn.functional.affine_grid and grid_sample (see `native_ops`)."""
+        if not isinstance(self.grid_generator, AffineFamily):
+            raise InvalidInputError(
+                f"native_ops needs an affine transform family, got {self.transform!r}"
+            )
+        size = [image.shape[0], image.shape[1], *self.crop_size]
+        grid = F.affine_grid(
+            self.grid_generator.matrix(params), size, align_corners=self.align_corners
+        )
+        return F.grid_sample(
+            image,
+            grid,
+            mode="bilinear",
+            padding_mode=self.padding_mode,
+            align_corners=self.align_corners,
         )
 
     def extra_repr(self) -> str:

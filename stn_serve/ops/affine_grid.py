@@ -42,9 +42,9 @@ def affine_grid_forward(
     """
     batch, height, width = matrix.shape[0], size[2], size[3]
     base = base_coordinates(height, width, align_corners, matrix.dtype, matrix.device)
-    # One matrix product for the whole batch, (2N, 3) @ (3, H * W), then (x, y) last.
-    grid = torch.matmul(matrix.reshape(batch * 2, 3), base.t())
-    return grid.view(batch, 2, height, width).permute(0, 2, 3, 1).contiguous()
+    # (H * W, 3) @ (N, 3, 2): (x, y) last straight away, with no transposing copy.
+    grid = torch.matmul(base, matrix.transpose(1, 2))
+    return grid.view(batch, height, width, 2)
 
 
 def affine_grid_backward(
@@ -58,10 +58,8 @@ def affine_grid_backward(
     """
     batch, height, width = grad_grid.shape[0], size[2], size[3]
     base = base_coordinates(height, width, align_corners, grad_grid.dtype, grad_grid.device)
-    # One matrix product for the whole batch: (2N, H * W) @ (H * W, 3).
-    grad = grad_grid.reshape(batch, height * width, 2).transpose(1, 2)
-    grad = grad.reshape(batch * 2, height * width)
-    return torch.matmul(grad, base).view(batch, 2, 3)
+    # (N, 2, H * W) @ (H * W, 3), reading the gradient through a transposed view.
+    return torch.matmul(grad_grid.reshape(batch, height * width, 2).transpose(1, 2), base)
 
 
 @torch.library.custom_op("stn::affine_grid", mutates_args=())

@@ -35,15 +35,28 @@ sum: out[p] = sum_k w[p, k] * rows[index[p, k]] (in ONNX terms Gather, Mul, Redu
 bag axis). The input gradient is one `scatter_add_` per neighbour of the weighted output
 gradient into the shifted padded planes, then the padding is cut off.
 
-Two ops share these functions. `stn::grid_sample` (what no-grad calls, torch.compile and the ONNX
-exporter see) saves only its inputs, and its backward, `bilinear_sample_backward`, derives the
-neighbours from the grid again, as torch's own kernel does. `stn::grid_sample_with_context`, which
-`grid_sample` runs in eager mode when autograd wants gradients, also returns what the backward
-needs (`SampleContext`: the top-left indices, fractions and slope, and for the grid gradient the
-padded channels-last input or, for one channel, d out / d (x, y), which the forward gets from the
-neighbour values it has already read), so the backward repeats none of the forward's passes.
-The training backward works through the batch in groups of images, so that its temporaries stay
-small (`_GROUP_ELEMENTS`).
+On the CPU the same steps run as one fused C++ kernel (`csrc/bilinear_sampler.cpp`, built on
+first use by `sampler_kernel`), with the same operations in the same order: step 1 and 2 per axis
+(`Axis::pixel`: the unnormalisation, the reflection fold and the clip, with the slope d x / d gx),
+step 3 per point (`Sampler::locate`: floor, fractions, the four weights, and for each neighbour
+its flat index and whether it lies inside; a neighbour outside reads an exact zero and receives
+nothing), then per channel the gather and weighted sum (forward), or, in the same pass, the sums
+over channels of d out / d x and d out / d y against g and the scatter-add of g * w_y * w_x
+(backward). One parallel loop over the batch: an image's input-gradient planes are written by
+the one thread that claimed it. It serves float32 and float64; elsewhere (other devices and
+dtypes, `STN_SAMPLER_KERNEL=0`, no compiler) the tensor ops below run, and they are what the ONNX
+export and the exported gradient model trace.
+
+Three ops. `stn::grid_sample` (what no-grad calls, torch.compile, the ONNX exporter and, where the
+kernel runs, training see) saves only its inputs, and its backward, `stn::grid_sample_backward`
+(the kernel, or `bilinear_sample_backward`), derives the neighbours from the grid again, as
+torch's own kernel does. `stn::grid_sample_with_context`, which `grid_sample` runs in eager mode
+when autograd wants gradients and the kernel does not run, also returns what the tensor-op
+backward needs (`SampleContext`: the top-left indices, fractions and slope, and for the grid
+gradient the padded channels-last input or, for one channel, d out / d (x, y), which the forward
+gets from the neighbour values it has already read), so the backward repeats none of the
+forward's passes. That backward works through the batch in groups of images, so that its
+temporaries stay small (`_GROUP_ELEMENTS`).
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ from torch import nn
 
 from stn_serve.contract import PADDING_MODES
 from stn_serve.errors import InvalidInputError
+from stn_serve.ops import sampler_kernel
 from stn_serve.ops._checks import require_floating, require_same_dtype, shape_text
 
 
@@ -73,8 +87,10 @@ def check_sample_inputs(input: torch.Tensor, grid: torch.Tensor, padding_mode: s
     """Raise `InvalidInputError` (a ValueError) naming what is wrong with the arguments."""
     require_floating("input", input)
     require_floating("grid", grid)
-    if input.dim() != 4:
-        raise InvalidInputError(f"input must be [N, C, H, W], got {shape_text(input.shape)}")
+    if input.dim() != 4 or input.shape[2] < 1 or input.shape[3] < 1:
+        raise InvalidInputError(
+            f"input must be [N, C, H, W] with H, W >= 1, got {shape_text(input.shape)}"
+        )
     if grid.dim() != 4 or grid.shape[-1] != 2:
         raise InvalidInputError(f"grid must be [N, H, W, 2], got {shape_text(grid.shape)}")
     if grid.shape[0] != input.shape[0]:
@@ -461,19 +477,73 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_output):
     input, grid = ctx.saved_tensors
-    grad_input, grad_grid = bilinear_sample_backward(
-        grad_output,
-        input,
-        grid,
-        ctx.padding_mode,
-        ctx.align_corners,
-        need_input_grad=ctx.needs_input_grad[0],
-        need_grid_grad=ctx.needs_input_grad[1],
+    need_input_grad, need_grid_grad = ctx.needs_input_grad[:2]
+    grad_input, grad_grid = torch.ops.stn.grid_sample_backward(
+        grad_output, input, grid, ctx.padding_mode, ctx.align_corners, need_input_grad
     )
-    return grad_input, grad_grid, None, None
+    return (
+        grad_input if need_input_grad else None,
+        grad_grid if need_grid_grad else None,
+        None,
+        None,
+    )
 
 
 _grid_sample_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# The backward as an op of its own, so that the CPU kernel can implement it and traced graphs
+# (torch.compile) keep it as one node. A gradient not asked for comes back as an empty tensor.
+@torch.library.custom_op("stn::grid_sample_backward", mutates_args=())
+def _grid_sample_backward_op(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    grid: torch.Tensor,
+    padding_mode: str,
+    align_corners: bool,
+    need_input_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _reference_backward(
+        grad_output, input, grid, padding_mode, align_corners, need_input_grad
+    )
+
+
+def _reference_backward(grad_output, input, grid, padding_mode, align_corners, need_input_grad):
+    """`stn::grid_sample_backward` by `bilinear_sample_backward`."""
+    grad_input, grad_grid = bilinear_sample_backward(
+        grad_output, input, grid, padding_mode, align_corners, need_input_grad
+    )
+    grad_input = grad_input.contiguous() if need_input_grad else input.new_empty(0)
+    return grad_input, grad_grid.contiguous()
+
+
+@_grid_sample_backward_op.register_fake
+def _(grad_output, input, grid, padding_mode, align_corners, need_input_grad):
+    grad_input = input.new_empty(input.shape if need_input_grad else (0,))
+    return grad_input, grid.new_empty(grid.shape)
+
+
+# On the CPU both ops run the fused kernel (stn_serve/ops/csrc/bilinear_sampler.cpp) where
+# `sampler_kernel` has it; elsewhere, and as the fallback, the tensor-op functions above.
+@_grid_sample_op.register_kernel("cpu")
+def _(input, grid, padding_mode, align_corners):
+    check_sample_inputs(input, grid, padding_mode)
+    kernel = sampler_kernel.kernel_for(input)
+    if kernel is None:
+        return bilinear_sample_forward(input, grid, padding_mode, align_corners)
+    return kernel.bilinear_sample(input, grid, padding_mode, align_corners)
+
+
+@_grid_sample_backward_op.register_kernel("cpu")
+def _(grad_output, input, grid, padding_mode, align_corners, need_input_grad):
+    kernel = sampler_kernel.kernel_for(input)
+    if kernel is None:
+        return _reference_backward(
+            grad_output, input, grid, padding_mode, align_corners, need_input_grad
+        )
+    return kernel.bilinear_sample_backward(
+        grad_output, input, grid, padding_mode, align_corners, need_input_grad
+    )
 
 
 # The training path: the same forward, also returning its `SampleContext` (top-left indices,
@@ -567,9 +637,10 @@ def grid_sample(
 ) -> torch.Tensor:
     """Bilinearly sample `input` at `grid`, like `torch.nn.functional.grid_sample(mode="bilinear")`.
 
-    Runs `torch.ops.stn.grid_sample`, whose forward is `bilinear_sample_forward` and whose
-    backward is `bilinear_sample_backward`. Where autograd will want gradients in eager mode it
-    runs `torch.ops.stn.grid_sample_with_context` instead, the same forward that also hands the
+    Runs `torch.ops.stn.grid_sample`: on the CPU the fused kernel, elsewhere
+    `bilinear_sample_forward`, with the backward `torch.ops.stn.grid_sample_backward`. Where the
+    kernel does not run and autograd will want gradients in eager mode, it runs
+    `torch.ops.stn.grid_sample_with_context` instead, the same forward that also hands the
     backward what it derived from the grid; traced graphs (torch.compile, export) keep the one
     op that the exporters map.
 
@@ -591,6 +662,7 @@ def grid_sample(
         torch.is_grad_enabled()
         and (input.requires_grad or grid.requires_grad)
         and not torch.compiler.is_compiling()
+        and sampler_kernel.kernel_for(input) is None
     ):
         return torch.ops.stn.grid_sample_with_context(input, grid, padding_mode, align_corners)[0]
     return torch.ops.stn.grid_sample(input, grid, padding_mode, align_corners)

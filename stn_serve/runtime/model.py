@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,25 @@ def _session_options(options: RuntimeOptions):
     session_options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     session_options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     return session_options
+
+
+_cpu_fallbacks_reported: set[str] = set()
+_report_lock = threading.Lock()
+
+
+def _warn_cpu_fallback(cuda_requested: bool, path: str) -> None:
+    """`--device auto` ends on the CPU: warned once per process for each cause (naming the first
+    version it happened to), not once per model version."""
+    reason = (
+        "CUDA execution provider unavailable"
+        if cuda_requested
+        else "no CUDA execution provider or NVIDIA driver"
+    )
+    with _report_lock:
+        if reason in _cpu_fallbacks_reported:
+            return
+        _cpu_fallbacks_reported.add(reason)
+    log.warning(f"{reason}; running on the CPU", extra={"path": path})
 
 
 def _dims_match(declared, expected: tuple[int, ...]) -> bool:
@@ -104,15 +124,7 @@ class OnnxModel:
             ) from error
         self.provider = check_session_provider(self.options.device, session.get_providers())
         if self.options.device == "auto" and self.provider != CUDA:
-            reason = (
-                "CUDA execution provider unavailable"
-                if CUDA in providers
-                else "no CUDA execution provider or NVIDIA driver"
-            )
-            log.warning(
-                f"{reason}; running on the CPU",
-                extra={"path": str(self.directory), "providers": session.get_providers()},
-            )
+            _warn_cpu_fallback(CUDA in providers, str(self.directory))
         self._check_signature(session)
         self._session = session
         cuda_options = session.get_provider_options().get(CUDA, {})

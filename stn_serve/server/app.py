@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -19,11 +20,11 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from stn_serve._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from stn_serve._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.errors import InvalidInputError, NotFoundError
 from stn_serve.imaging import MIB
-from stn_serve.runtime import ModelRepository, RuntimeOptions
+from stn_serve.runtime import Batching, ModelRepository, RuntimeOptions
 from stn_serve.server.admission import Admission
 from stn_serve.server.batching import Dispatcher
 from stn_serve.server.decoding import Decoder
@@ -36,7 +37,8 @@ from stn_serve.server.streams import StreamLimits
 
 log = logging.getLogger(__name__)
 
-SERVED_FILES = (stn_pb2, grpc_service_pb2, health_pb2, reflection_pb2)
+# A file's dependencies come before it (grpc_service imports model_config).
+SERVED_FILES = (stn_pb2, model_config_pb2, grpc_service_pb2, health_pb2, reflection_pb2)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Compression algorithms the server accepts, as gRPC's bitset: identity only. A compressed
@@ -95,6 +97,7 @@ class StnServer:
         self.port: int | None = None  # the bound gRPC port, set by create_server
         self.metrics_port: int | None = None
         self.owns_repository = False  # loaded by create_server: unloaded when the server stops
+        self.on_rescan = None  # what SIGHUP runs (see create_server's `rescan`)
         self._stopping = threading.Lock()
         self._stopped = False
 
@@ -125,24 +128,25 @@ class StnServer:
         self._on_loop(self.health.set(name, SERVING if serving else NOT_SERVING))
 
     def rescan(self) -> bool:
-        """Have the repository look for added, changed and removed models, where it can (it has
-        a `rescan()`), and update health to match; False when it cannot."""
-        rescan = getattr(self.repository, "rescan", None)
-        if not callable(rescan):
+        """SIGHUP: run the rescan the server was given (`create_server`'s `rescan`); False when
+        it was given none."""
+        if self.on_rescan is None:
             return False
-        before = set(self.repository.names())
-        rescan()
-        self._on_loop(self._after_rescan(before))
+        self.on_rescan()
         return True
 
-    async def _after_rescan(self, before: set[str]) -> None:
-        names = set(self.repository.names())
-        for name in sorted(before | names):
-            await self.health.set(name, SERVING if name in names else NOT_SERVING)
-        loaded = set(self.repository.models())
-        await self.path.dispatcher.retire(
-            [m for m in self.path.dispatcher.models() if m not in loaded]
-        )
+    def model_changed(self, name: str) -> None:
+        """The repository's listener (from any thread): which versions of model `name` are ready
+        changed. Health follows, and batchers of versions no longer served are closed; from the
+        drain on, nothing does (health reads NOT_SERVING, every batcher closes)."""
+        if self.lifecycle.serving:
+            asyncio.run_coroutine_threadsafe(self._model_changed(name), self._loop)
+
+    async def _model_changed(self, name: str) -> None:
+        await self.health.set(name, SERVING if name in self.repository.names() else NOT_SERVING)
+        served = set(self.repository.models())
+        dispatcher = self.path.dispatcher
+        await dispatcher.retire([model for model in dispatcher.models() if model not in served])
 
     def drain(self) -> None:
         """Shut down as on SIGTERM (see the class docstring); returns once stopped."""
@@ -210,10 +214,11 @@ async def _build(
 ) -> StnServer:
     """The server's parts, created on its event loop (the running one; `thread` runs it)."""
     metrics = Metrics()
+    batching = Batching(options.max_batch_size, options.max_queue_delay_us, options.instances)
     path = RequestPath(
         repository,
         Admission(metrics, options.max_in_flight, options.max_in_flight_per_model),
-        Dispatcher(metrics, options.max_batch_size, options.max_queue_delay_us, options.instances),
+        Dispatcher(metrics, batching),
         Decoder(options.decode_threads, options.max_decode_mb, options.decode_budget_mb),
     )
     lifecycle = Lifecycle()
@@ -260,6 +265,7 @@ def create_server(
     options: ServerOptions | None = None,
     runtime_options: RuntimeOptions | None = None,
     reuse_port: bool = False,
+    rescan: Callable[[], None] | None = None,
     **overrides,
 ) -> tuple[StnServer, int]:
     """Build a server for `repository` (a folder, or a loaded `ModelRepository`) bound to `address`.
@@ -267,7 +273,9 @@ def create_server(
     `overrides` are `ServerOptions` fields (e.g. `max_batch_size=8`). Loads and warms up every
     model of a folder before returning (and unloads them when the server stops; a loaded
     repository stays its caller's); returns the server, not yet started, and the port it bound.
-    `reuse_port` lets several processes bind the same port (`serve --processes`).
+    `reuse_port` lets several processes bind the same port (`serve --processes`). `rescan` is
+    what SIGHUP runs (a model control's rescan, in the mode that allows one); without it SIGHUP
+    is logged and ignored. Health follows the repository's changes whatever makes them.
     """
     options = dataclasses.replace(options or ServerOptions(), **overrides)
     loads = not isinstance(repository, ModelRepository)
@@ -287,6 +295,8 @@ def create_server(
             repository.unload()
         raise
     server.owns_repository = loads
+    server.on_rescan = rescan
+    repository.add_listener(server.model_changed)
     log.info(
         "server created",
         extra={

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stn_serve.errors import DeadlineExceededError
-from stn_serve.runtime import OnnxModel
+from stn_serve.runtime import Batching, OnnxModel
 
 
 @dataclass
@@ -222,18 +222,27 @@ class Batcher:
 
 
 class Dispatcher:
-    """One `Batcher` per loaded model version, created on first use on the server's event loop.
-    Keyed by the model object, so a version that is reloaded gets a batcher of its own."""
+    """One `Batcher` per loaded model version, created on first use on the server's event loop,
+    each batching as `batching` says. Keyed by the model object, so a version that is reloaded
+    gets a batcher of its own."""
 
-    def __init__(self, metrics, max_batch_size: int, max_queue_delay_us: int, instances: int = 1):
+    def __init__(self, metrics, batching: Batching):
         self._metrics = metrics
-        self._settings = (max_batch_size, max_queue_delay_us, instances)
+        self._batching = batching
         self._batchers: dict[OnnxModel, Batcher] = {}
 
     def batcher(self, model: OnnxModel) -> Batcher:
         batcher = self._batchers.get(model)
         if batcher is None:
-            batcher = self._batchers[model] = Batcher(model, self._metrics, *self._settings)
+            batching = self._batching
+            batcher = Batcher(
+                model,
+                self._metrics,
+                batching.max_batch_size,
+                batching.max_queue_delay_us,
+                batching.instances,
+            )
+            self._batchers[model] = batcher
         return batcher
 
     async def retire(self, models: list[OnnxModel]) -> None:

@@ -2,10 +2,11 @@
 
 Each protocol's servicer supplies a `Codec` that only converts its messages: where the request
 points (model, version), the checks that need no decoding, its images as an array, and the
-response for the model's outputs. `RequestPath` does the rest the same way for both: looks the
-model up in the repository at request time, admits the request (overall and per-model bounds),
-decodes its images (in the decode pool when they are encoded), queues it for a batch and waits
-for its outputs, all under the RPC's deadline; a cancelled RPC stops wherever it is.
+response for the model's outputs. `RequestPath` does the rest the same way for both: takes a
+lease on the model version from the repository at request time (a version being unloaded waits
+for the requests that hold it), admits the request (overall and per-model bounds), decodes its
+images (in the decode pool when they are encoded), queues it for a batch and waits for its
+outputs, all under the RPC's deadline; a cancelled RPC stops wherever it is.
 """
 
 from __future__ import annotations
@@ -48,20 +49,30 @@ class RequestPath:
         self.dispatcher = dispatcher
         self.decoder = decoder
 
-    def model(self, name: str, version: int = 0) -> OnnxModel:
-        """The loaded model a client names (0 = the newest version); a name no model can have
-        is refused without being echoed in full."""
+    def _named(self, name: str) -> str:
+        """`name` if a model may have it; a name no model can have is refused without being
+        echoed in full."""
         if name and not NAME_PATTERN.fullmatch(name):
             raise NotFoundError(
                 f"unknown model {clip(name)}; loaded models: {self.repository.names()}"
             )
-        return self.repository.get(name, version)
+        return name
+
+    def model(self, name: str, version: int = 0) -> OnnxModel:
+        """The ready model a client names (0 = the newest version), for its description."""
+        return self.repository.get(self._named(name), version)
 
     async def answer(self, codec: Codec, request, call: Call):
         """The response to one request (`call` records its model; its deadline bounds it)."""
-        model = self.model(*codec.target(request))
-        call.model = model.name
-        settings = codec.settings(request, model)
+        name, version = codec.target(request)
+        with self.repository.acquire(self._named(name), version) as model:
+            call.model = model.name
+            settings = codec.settings(request, model)
+            outputs = await self._outputs(codec, request, model, call)
+        return codec.response(request, model, settings, outputs)
+
+    async def _outputs(self, codec: Codec, request, model: OnnxModel, call: Call):
+        """The model's outputs for the request's images, once admitted."""
         self.admission.admit(model.name)
         try:
             batcher = self.dispatcher.batcher(model)
@@ -70,7 +81,6 @@ class RequestPath:
             if images is None:
                 with batcher.arriving():
                     images = await self.decoder.decode(codec, request, shape, call.deadline)
-            outputs = await batcher.run(images, call.deadline)
+            return await batcher.run(images, call.deadline)
         finally:
             self.admission.release(model.name)
-        return codec.response(request, model, settings, outputs)

@@ -1,6 +1,6 @@
 """Running one server process until it is told to stop: SIGTERM and SIGINT drain it (see
-`StnServer.drain`), SIGHUP has the repository rescanned where it can be, and is otherwise logged
-and ignored."""
+`StnServer.drain`); SIGHUP runs the server's rescan where it was given one, and is otherwise
+logged and ignored."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def serve(
 
 
 def rescan(server) -> None:
-    """SIGHUP: rescan the repository where it can be; never stop serving over it."""
+    """SIGHUP: the server's rescan, where it has one; never stop serving over it."""
     try:
         rescanned = server.rescan()
     except Exception:
@@ -79,4 +79,4 @@ def rescan(server) -> None:
     if rescanned:
         log.info("SIGHUP: repository rescanned", extra={"models": server.repository.names()})
     else:
-        log.info("SIGHUP ignored: this repository cannot be rescanned while serving")
+        log.info("SIGHUP ignored: the models were loaded at start and nothing rescans them")

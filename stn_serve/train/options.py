@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from stn_serve.contract import DEVICES, PADDING_MODES, TRANSFORMS
+from stn_serve.contract import DATA_SOURCES, DEVICES, DISTORTIONS, PADDING_MODES, TRANSFORMS
 from stn_serve.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -34,8 +34,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--data",
         type=str,
+        choices=DATA_SOURCES,
         default=DEFAULTS.data,
-        help="image source (see stn_serve.data.SOURCES, e.g. digits)",
+        help="image source: digits (embedded), fashion-mnist and mnist (IDX files), folder (one "
+        "sub-folder per class in --data-dir)",
     )
     group.add_argument(
         "--data-dir",
@@ -46,9 +48,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--distortion",
         type=str,
+        choices=DISTORTIONS,
         default=DEFAULTS.distortion,
-        help="distortion of the STN paper (none, R, RTS, P, E, TC); training images get "
-        "fresh distortions every epoch",
+        help="distortion of the STN paper; training images get fresh distortions every epoch",
     )
     group.add_argument(
         "--image-size",
