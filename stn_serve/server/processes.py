@@ -31,6 +31,7 @@ import time
 from multiprocessing.connection import wait
 
 from stn_serve.errors import InvalidInputError, StnServeError
+from stn_serve.server.signals import log_shutdown, queued_signals
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,9 @@ def serve_processes(count: int, repository, host: str, port: int, options, runti
     from stn_serve.server.metrics import serve_multiprocess
 
     context = multiprocessing.get_context("spawn")
-    signals: queue.SimpleQueue = queue.SimpleQueue()
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, lambda signum, _: signals.put(signum)) for sig in handled}
     log_level = logging.getLevelName(logging.getLogger().level)
     with (
+        queued_signals() as signals,
         tempfile.TemporaryDirectory(prefix="stn-serve-metrics-") as metrics_dir,
         reserved_port(host, port) as bound,
     ):
@@ -145,14 +144,7 @@ def serve_processes(count: int, repository, host: str, port: int, options, runti
                 },
             )
             signum = _supervise(slots, signals, start, metrics_dir)
-            log.info(
-                "shutting down",
-                extra={
-                    "signal": signal.Signals(signum).name,
-                    "drain_delay_s": options.drain_delay_s,
-                    "grace_s": options.grace_s,
-                },
-            )
+            log_shutdown(log, signum, options)
             return _stop(slots, signal.SIGTERM, options.drain_delay_s + options.grace_s)
         finally:
             for slot in slots:  # none is left after a drain; any left now is past saving
@@ -161,8 +153,6 @@ def serve_processes(count: int, repository, host: str, port: int, options, runti
             if http is not None:
                 http.shutdown()
                 http.server_close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             log.info("stopped")
 
 

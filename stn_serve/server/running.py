@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 
 from stn_serve.server.app import create_server
+from stn_serve.server.signals import log_shutdown, queued_signals
 
 log = logging.getLogger(__name__)
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def grpc_address(host: str, port: int) -> str:
@@ -34,37 +32,30 @@ def serve(
     """Serve until SIGTERM or SIGINT, then drain; returns the exit code (0). `on_serving()` is
     called once the server answers."""
     # Signals that come while the models load wait in the queue: SIGHUP must not kill the server.
-    signals: queue.SimpleQueue = queue.SimpleQueue()  # put() may be called from a signal handler
-    handled = (*STOP_SIGNALS, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, lambda signum, _: signals.put(signum)) for sig in handled}
-    server = None
-    try:
-        server, bound = create_server(
-            repository, grpc_address(host, port), options, runtime_options, reuse_port=reuse_port
-        )
-        server.start()
-        log.info(
-            "serving",
-            extra={"port": bound, "metrics_port": server.metrics_port, "pid": os.getpid()},
-        )
-        if on_serving is not None:
-            on_serving()
-        while (signum := signals.get()) == signal.SIGHUP:
-            rescan(server)
-        log.info(
-            "shutting down",
-            extra={
-                "signal": signal.Signals(signum).name,
-                "drain_delay_s": options.drain_delay_s,
-                "grace_s": options.grace_s,
-            },
-        )
-        server.drain()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if server is not None:
-            server.stop(grace=None)  # a no-op after the drain; stops one that failed meanwhile
+    with queued_signals() as signals:
+        server = None
+        try:
+            server, bound = create_server(
+                repository,
+                grpc_address(host, port),
+                options,
+                runtime_options,
+                reuse_port=reuse_port,
+            )
+            server.start()
+            log.info(
+                "serving",
+                extra={"port": bound, "metrics_port": server.metrics_port, "pid": os.getpid()},
+            )
+            if on_serving is not None:
+                on_serving()
+            while (signum := signals.get()) == signal.SIGHUP:
+                rescan(server)
+            log_shutdown(log, signum, options)
+            server.drain()
+        finally:
+            if server is not None:
+                server.stop(grace=None)  # a no-op after the drain; stops one that failed meanwhile
     log.info("stopped")
     return 0
 
