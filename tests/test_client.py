@@ -13,9 +13,9 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
+from conftest import running_server
 from PIL import Image
 
-from conftest import running_server
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.cli import main
 from stn_serve.client import ClassScore, Client, ModelInfo, Prediction
@@ -68,7 +68,9 @@ def test_predict_arrays_matches_the_model(client, local_model, digits_images):
         probabilities = expected["probabilities"][row]
         returned = [s.probability for s in prediction.top_k]
         assert returned == sorted(returned, reverse=True)
-        np.testing.assert_allclose(returned, probabilities[[s.index for s in prediction.top_k]], atol=1e-5)
+        np.testing.assert_allclose(
+            returned, probabilities[[s.index for s in prediction.top_k]], atol=1e-5
+        )
         np.testing.assert_allclose(returned, np.sort(probabilities)[::-1][:3], atol=1e-5)
         assert all(isinstance(s, ClassScore) and s.label == str(s.index) for s in prediction.top_k)
         assert prediction.label == prediction.top_k[0].label
@@ -190,12 +192,41 @@ def test_a_missed_deadline_becomes_deadline_exceeded(digits_images):
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        with Client(f"127.0.0.1:{port}") as client:
-            with pytest.raises(DeadlineExceededError):
-                client.predict(digits_images[0], timeout=0.2)
+        with Client(f"127.0.0.1:{port}") as client, pytest.raises(DeadlineExceededError):
+            client.predict(digits_images[0], timeout=0.2)
     finally:
         release.set()
         server.stop(grace=None)
+
+
+class _PeerRecorder(stn_pb2_grpc.StnServiceServicer):
+    """Records the client address (one per connection) of every Predict."""
+
+    def __init__(self):
+        self.peers = []
+
+    def Predict(self, request, context):
+        self.peers.append(context.peer())
+        return stn_pb2.PredictResponse(predictions=[stn_pb2.Prediction()] * len(request.images))
+
+
+def test_channels_spread_calls_over_that_many_connections(digits_images):
+    recorder = _PeerRecorder()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    stn_pb2_grpc.add_StnServiceServicer_to_server(recorder, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}", channels=3) as client:
+            client.wait_ready()
+            for _ in range(6):
+                assert len(client.predict(digits_images[0])) == 1
+    finally:
+        server.stop(grace=None)
+    assert len(set(recorder.peers)) == 3
+    assert all(recorder.peers.count(peer) == 2 for peer in recorder.peers)
+    with pytest.raises(InvalidInputError, match="channels must be at least 1"):
+        Client(f"127.0.0.1:{port}", channels=0)
 
 
 def test_max_message_mb_limits_what_the_client_sends(server_port, digits_images):

@@ -18,9 +18,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import running_server
 from dockerfile_parse import DockerfileParser
 
-from conftest import running_server
 from stn_serve.cli import build_parser
 from stn_serve.client.healthcheck import check
 
@@ -272,11 +272,20 @@ def test_deployment_runs_the_serve_command_on_the_default_ports():
     assert mounts[str(args.repository)]["readOnly"] is True
 
 
-def test_termination_grace_covers_pre_stop_and_drain():
+def test_termination_grace_covers_the_drain():
     pod = by_kind("Deployment")[0]["spec"]["template"]["spec"]
     args = build_parser().parse_args(container()["args"])
-    pre_stop = container()["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + args.grace_s
+    assert "lifecycle" not in container()  # the server's drain delay does what a preStop would
+    assert pod["terminationGracePeriodSeconds"] > args.drain_delay_s + args.grace_s
+
+
+def test_drain_delay_outlasts_the_readiness_probe():
+    """A draining pod reads NOT_SERVING; it must still accept requests until the readiness probe
+    has had time to take it out of the endpoints."""
+    args = build_parser().parse_args(container()["args"])
+    readiness = container()["readinessProbe"]
+    noticed_s = readiness["periodSeconds"] * readiness["failureThreshold"]
+    assert args.drain_delay_s > noticed_s + readiness["timeoutSeconds"]
 
 
 def test_deployment_probes_use_native_grpc_health():

@@ -1,9 +1,8 @@
-"""`stn-serve serve` as a process: start-up, a repository with a broken model, SIGTERM, --device cuda."""
+"""`stn-serve serve` as a process: start-up, a repository with a broken model, SIGTERM, SIGHUP,
+--device cuda, and flag values it refuses."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import signal
 import socket
@@ -14,14 +13,11 @@ import grpc
 import numpy as np
 import pytest
 from conftest import DIGITS_SHAPE, cuda_usable, running_server, write_model
+from server_process import NO_TORCH_CLI, WAIT_S, ServerProcess
 
 from stn_serve._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.cli import build_parser
-
-WAIT_S = 120
-# Runs the CLI with torch unimportable, as in a serving container.
-NO_TORCH_CLI = "import sys; sys.modules['torch'] = None; from stn_serve.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 @pytest.fixture
@@ -46,6 +42,11 @@ def good_request() -> stn_pb2.PredictRequest:
     )
 
 
+def predict(port: int) -> stn_pb2.PredictResponse:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return stn_pb2_grpc.StnServiceStub(channel).Predict(good_request(), timeout=WAIT_S)
+
+
 def test_broken_model_is_left_out_and_the_others_serve(repository_with_broken_model):
     with running_server(repository_with_broken_model) as (server, port):
         assert list(server.repository.failures) == [repository_with_broken_model / "broken" / "1"]
@@ -63,77 +64,57 @@ def test_broken_model_is_left_out_and_the_others_serve(repository_with_broken_mo
             assert inference.ServerReady(grpc_service_pb2.ServerReadyRequest(), timeout=30).ready
 
 
-def serve_process(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", NO_TORCH_CLI, "serve", "--host", "127.0.0.1", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def read_logs_until(process: subprocess.Popen, message: str) -> tuple[dict, list[dict]]:
-    """JSON log records from the process's stderr up to the first with `message`."""
-    records = []
-    for line in process.stderr:
-        if line.startswith("{"):
-            records.append(json.loads(line))
-            if records[-1]["message"] == message:
-                return records[-1], records
-    raise AssertionError(
-        f"the server exited ({process.wait(WAIT_S)}) before logging {message!r}: {records}"
-    )
-
-
 def test_serve_without_torch_logs_left_out_models_and_exits_0_on_sigterm(
     repository_with_broken_model,
 ):
-    process = serve_process(
-        "--repository",
-        str(repository_with_broken_model),
-        "--device",
-        "cpu",
-        "--metrics-port",
-        "0",
-        "--grace-s",
-        "5",
-    )
-    try:
-        serving, records = read_logs_until(process, "serving")
-        left_out = [r for r in records if r["message"] == "model left out"]
+    with ServerProcess(
+        "--repository", str(repository_with_broken_model), "--device", "cpu",
+        "--metrics-port", "0", "--grace-s", "5",
+    ) as server:  # fmt: skip
+        serving = server.serving()
+        left_out = [r for r in server.records if r["message"] == "model left out"]
         assert [r["path"] for r in left_out] == [str(repository_with_broken_model / "broken" / "1")]
         assert "cannot load" in left_out[0]["reason"]
-        with grpc.insecure_channel(f"127.0.0.1:{serving['port']}") as channel:
-            response = stn_pb2_grpc.StnServiceStub(channel).Predict(good_request(), timeout=WAIT_S)
+        response = predict(serving["port"])
         assert (response.model, response.version) == ("digits", 2)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(WAIT_S) == 0
-        read_logs_until(process, "stopped")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(WAIT_S)
+        server.send(signal.SIGTERM)
+        assert server.wait() == 0
+        server.wait_for("stopped")
+
+
+def test_sighup_is_logged_and_the_server_keeps_serving(model_repository):
+    with ServerProcess(
+        "--repository", str(model_repository), "--device", "cpu", "--metrics-port", "-1"
+    ) as server:
+        port = server.serving()["port"]
+        for count in (1, 2):
+            server.send(signal.SIGHUP)
+            server.wait_for(
+                "SIGHUP ignored: the models were loaded at start and nothing rescans them", count
+            )
+            assert len(predict(port).predictions) == 1
+        server.send(signal.SIGTERM)
+        assert server.wait() == 0
 
 
 def test_device_cuda_without_cuda_fails_at_start_up(model_repository):
     if cuda_usable():
         pytest.skip("CUDA works here; the failure path needs a machine without it")
-    process = serve_process(
+    with ServerProcess(
         "--repository", str(model_repository), "--device", "cuda", "--metrics-port", "-1"
-    )
-    _, stderr = process.communicate(timeout=WAIT_S)
-    assert process.returncode == 2
-    assert "error: --device cuda: ONNX Runtime could not use the CUDAExecutionProvider" in stderr
+    ) as server:
+        assert server.wait() == 2
+        assert "error: --device cuda: ONNX Runtime could not use the CUDAExecutionProvider" in (
+            "".join(server.text)
+        )
 
 
 def test_empty_repository_fails_at_start_up(tmp_path):
-    process = serve_process(
+    with ServerProcess(
         "--repository", str(tmp_path), "--device", "cpu", "--metrics-port", "-1"
-    )
-    _, stderr = process.communicate(timeout=WAIT_S)
-    assert process.returncode == 2
-    assert f"error: no model in {tmp_path} could be loaded: it is empty" in stderr
+    ) as server:
+        assert server.wait() == 2
+        assert f"error: no model in {tmp_path} could be loaded: it is empty" in "".join(server.text)
 
 
 def test_help_documents_every_flag_with_its_default():
@@ -141,23 +122,14 @@ def test_help_documents_every_flag_with_its_default():
     serve = parser._subparsers._group_actions[0].choices["serve"]
     flags = [a for a in serve._actions if a.option_strings and a.dest != "help"]
     assert {a.dest for a in flags} >= {
-        "repository",
-        "host",
-        "port",
-        "metrics_port",
-        "device",
-        "intra_op_threads",
-        "inter_op_threads",
-        "graph_optimization",
-        "workers",
-        "instances",
-        "max_batch_size",
-        "max_queue_delay_us",
-        "max_queue_size",
-        "max_images_per_request",
-        "max_message_mb",
+        "repository", "host", "port", "metrics_port", "processes", "device", "intra_op_threads",
+        "inter_op_threads", "graph_optimization", "instances", "max_batch_size",
+        "max_queue_delay_us", "max_in_flight", "max_in_flight_per_model",
+        "max_images_per_request", "max_message_mb", "decode_threads", "max_decode_mb",
+        "decode_budget_mb", "max_streams_per_connection", "stream_idle_timeout_s",
+        "keepalive_s", "max_connection_idle_s", "max_connection_age_s", "drain_delay_s",
         "grace_s",
-    }
+    }  # fmt: skip
     help_text = serve.format_help()
     for action in flags:
         assert action.help, action.dest
@@ -176,17 +148,68 @@ def test_port_in_use_fails_with_a_clear_message(model_repository, flag, message)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        # serve_process passes --port 0 first; the later flag wins
-        process = serve_process(
-            "--repository",
-            str(model_repository),
-            "--device",
-            "cpu",
-            "--metrics-port",
-            "0",
-            flag,
-            str(port),
-        )
-        _, stderr = process.communicate(timeout=WAIT_S)
-    assert process.returncode == 2
-    assert message.format(port=port) in stderr
+        # ServerProcess passes --port 0 first; the later flag wins
+        with ServerProcess(
+            "--repository", str(model_repository), "--device", "cpu", "--metrics-port", "0",
+            flag, str(port),
+        ) as server:  # fmt: skip
+            assert server.wait() == 2
+    assert message.format(port=port) in "".join(server.text)
+
+
+BAD_FLAGS = {
+    "negative port": (["--port", "-1"], "argument --port: expected an integer >= 0 and <= 65,535"),
+    "port too large": (["--port", "70000"], "argument --port: expected an integer >= 0"),
+    "metrics port": (
+        ["--metrics-port", "-2"],
+        "argument --metrics-port: expected an integer >= -1",
+    ),
+    "nan message size": (
+        ["--max-message-mb", "nan"],
+        "argument --max-message-mb: expected a number > 0",
+    ),
+    "huge message size": (["--max-message-mb", "4096"], "<= 2,047, got '4096'"),
+    "zero message size": (
+        ["--max-message-mb", "0"],
+        "argument --max-message-mb: expected a number > 0",
+    ),
+    "negative threads": (
+        ["--intra-op-threads", "-1"],
+        "argument --intra-op-threads: expected an integer >= 0",
+    ),
+    "text threads": (
+        ["--inter-op-threads", "two"],
+        "argument --inter-op-threads: expected an integer",
+    ),
+    "zero batch": (
+        ["--max-batch-size", "0"],
+        "argument --max-batch-size: expected an integer >= 1",
+    ),
+    "infinite grace": (["--grace-s", "inf"], "argument --grace-s: expected a number >= 0"),
+    "negative delay": (
+        ["--drain-delay-s", "-1"],
+        "argument --drain-delay-s: expected a number >= 0",
+    ),
+    "zero processes": (["--processes", "0"], "argument --processes: expected an integer >= 1"),
+    "per model over all": (
+        ["--max-in-flight", "4", "--max-in-flight-per-model", "8"],
+        "error: max_in_flight_per_model (8) must not exceed max_in_flight (4)",
+    ),
+    "image over the budget": (
+        ["--max-decode-mb", "100", "--decode-budget-mb", "50"],
+        "error: max_decode_mb (100.0) must not exceed decode_budget_mb (50.0)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FLAGS))
+def test_bad_flag_values_are_refused_without_a_traceback(model_repository, name):
+    flags, message = BAD_FLAGS[name]
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_CLI, "serve", "--repository", str(model_repository),
+         "--device", "cpu", "--metrics-port", "-1", "--port", "0", *flags],
+        capture_output=True, text=True, timeout=WAIT_S, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -54,13 +54,13 @@ MIXED = {
 @pytest.mark.parametrize("name", [*SAME_KIND, *MIXED])
 def test_every_kind_of_request_gives_what_each_image_gives_alone(name):
     images = {**SAME_KIND, **MIXED}[name]
-    batch = request_images(images, SHAPE, max_images=8)
+    batch = request_images(images, SHAPE)
     assert batch.dtype == np.float32 and batch.shape == (len(images), *SHAPE)
     np.testing.assert_array_equal(batch, one_by_one(images))
 
 
 def test_uint8_pixels_are_scaled_to_the_unit_interval():
-    batch = request_images(SAME_KIND["uint8 [H, W]"], SHAPE, max_images=8)
+    batch = request_images(SAME_KIND["uint8 [H, W]"], SHAPE)
     np.testing.assert_allclose(batch[:, 0], BYTES / np.float32(255.0), rtol=1e-7)
 
 
@@ -94,5 +94,5 @@ def test_a_bad_image_among_good_ones_is_named(name):
     images = [tensor(image) for image in FLOATS]
     images[3] = bad
     with pytest.raises(InvalidInputError) as error:
-        request_images(images, SHAPE, max_images=8)
+        request_images(images, SHAPE)
     assert re.search(message, str(error.value)), str(error.value)

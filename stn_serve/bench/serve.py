@@ -1,15 +1,19 @@
-"""`stn-serve bench serve`: the served model over gRPC against the same model in-process.
+"""`stn-serve bench serve`: the served model over gRPC against the same model in-process and
+against bare gRPC servers, every ratio measured in one run.
 
 Measured in one run, on one model:
 1. in-process ONNX Runtime (`OnnxModel.predict`, no gRPC, ONNX Runtime's default threads) over a
    sweep of batch sizes: images/s per batch size, and the single-image latency (batch 1);
-2. for each request size (`--images-per-request`, default 1 and 64 images a request): the server
-   with dynamic batching on and off under closed-loop load at each concurrency from a separate
-   client process: images/s, p50/p90/p99 latency and CPU per request on each side; the same load
-   on a bare gRPC server that answers a canned response shows what gRPC Python alone costs
-   (`serve_load`);
-3. the ratios against the targets, per request size, each throughput ratio beside its ceiling
-   where one follows from the in-process figures (`serve_report`).
+2. for each request size (`--images-per-request`, default 1 and 64 images a request), under
+   closed-loop load from a separate client process over several connections:
+   - `stn-serve serve` with dynamic batching at each concurrency, and off at the top one;
+   - bare gRPC servers answering a canned response without parsing the request (what gRPC
+     Python itself costs here): the synchronous server and the asyncio one, at the top
+     concurrency;
+   - for each `--processes` count above 1: stn-serve and the bare synchronous server with that
+     many processes on one port, at the top concurrency;
+   each with images/s, p50/p90/p99 latency and CPU per request on each side (`serve_load`);
+3. the ratios against the targets, per request size (`serve_report`).
 
 The measuring is torch-free; only the default model (no --repository) needs torch, to export a
 freshly initialised ST-CNN (`default_model`, on the training side).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -26,8 +31,8 @@ from pathlib import Path
 from stn_serve.contract import DEVICES
 
 HELP = (
-    "served throughput and latency over gRPC, with and without dynamic batching, "
-    "vs in-process ONNX Runtime"
+    "served throughput, latency and CPU over gRPC (1 and 2 server processes, batching on and "
+    "off) vs in-process ONNX Runtime and bare gRPC servers"
 )
 
 
@@ -86,6 +91,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "on its own",
     )
     add(
+        "--processes",
+        type=positive_ints,
+        default=[1, 2],
+        metavar="N,N,...",
+        help="server process counts to measure (`serve --processes`) at the top concurrency, "
+        "each against a bare server with as many processes",
+    )
+    add(
+        "--connections",
+        type=int,
+        default=16,
+        help="connections the load is spread over (at most one per request in flight)",
+    )
+    add(
         "--instances",
         type=int,
         default=2,
@@ -125,6 +144,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--json", type=Path, default=None, help="also write every figure to this JSON file")
 
 
+def _server_flags(args, batching: bool) -> list[str]:
+    """`stn-serve serve` flags of the server under test."""
+    most = max(args.concurrency)
+    flags = {
+        "--device": args.device,
+        "--intra-op-threads": args.intra_op_threads,
+        "--instances": args.instances,
+        "--max-batch-size": args.max_batch_size if batching else 1,
+        "--max-queue-delay-us": args.max_queue_delay_us if batching else 0,
+        "--max-images-per-request": max(64, *args.images_per_request),
+        "--max-in-flight": max(128, 2 * most),
+        "--max-in-flight-per-model": max(64, 2 * most),
+    }
+    return [str(part) for flag in flags.items() for part in flag]
+
+
+def measure_served(args, repository: Path, requests: dict, clients) -> list:
+    """Every served setting (see the module's docstring), each server started once and loaded
+    with every request size."""
+    from stn_serve.bench import serve_load as sl
+
+    load = sl.LoadSettings(
+        tuple(args.concurrency), args.duration_s, args.max_requests, args.connections
+    )
+    top = (max(args.concurrency),)
+    settings = [  # (setting, processes, concurrencies)
+        (sl.STN_SERVE, 1, load.concurrency),
+        (sl.STN_SERVE_NO_BATCHING, 1, top),
+        (sl.BARE_SYNC, 1, top),
+        (sl.BARE_AIO, 1, top),
+    ]
+    for processes in sorted(set(args.processes) - {1}):
+        settings += [(sl.STN_SERVE, processes, top), (sl.BARE_SYNC, processes, top)]
+    # The bare servers answer each request size with a canned response of its size.
+    answers = {len(payload): answer for payload, answer in requests.values()}
+    threads = max(32, *args.concurrency)
+    served = []
+    for setting, processes, concurrency in settings:
+        if setting in (sl.BARE_SYNC, sl.BARE_AIO):
+            server = sl.bare(setting, processes, answers, threads)
+        else:
+            batching = setting == sl.STN_SERVE
+            server = sl.stn_serve(repository, processes, _server_flags(args, batching))
+        with server as running:
+            for size, (payload, _) in requests.items():
+                served += sl.measure_load(
+                    running, setting, processes, payload, size, concurrency, load, clients
+                )
+    return served
+
+
 def run(args) -> int:
     from stn_serve.bench import serve_load, serve_report
     from stn_serve.runtime import ModelRepository, RuntimeOptions
@@ -135,16 +205,7 @@ def run(args) -> int:
         args.duration_s, args.max_requests = 0.3, min(args.max_requests, 2000)
     # Each request size's own batch size is the baseline of its batching gain.
     args.batch_sizes = sorted({*args.batch_sizes, *args.images_per_request})
-    load = serve_load.LoadSettings(tuple(args.concurrency), args.duration_s, args.max_requests)
-    # The baseline gets ONNX Runtime's own default threading, whatever the server is set to: a
-    # server setting must not also shrink what it is compared with.
-    baseline_options = RuntimeOptions(device=args.device)
-    runtime_options = RuntimeOptions(device=args.device, intra_op_threads=args.intra_op_threads)
-    server_settings = {
-        "max_batch_size": args.max_batch_size,
-        "max_queue_delay_us": args.max_queue_delay_us,
-        "instances": args.instances,
-    }
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="stn-bench-") as scratch:
         repository, name = args.repository, args.model
         if repository is None:
@@ -152,7 +213,9 @@ def run(args) -> int:
 
             repository = Path(scratch)
             name = export_default_model(repository)
-        loaded = ModelRepository(repository, baseline_options).load()
+        # The baseline gets ONNX Runtime's own default threading, whatever the server is set
+        # to: a server setting must not also shrink what it is compared with.
+        loaded = ModelRepository(repository, RuntimeOptions(device=args.device)).load()
         model = loaded.get(name, args.version)
         in_process = serve_load.measure_in_process(
             model, args.batch_sizes, args.duration_s, args.max_requests
@@ -160,30 +223,27 @@ def run(args) -> int:
         requests = {size: serve_load.payloads(model, size) for size in args.images_per_request}
         provider = model.provider
         loaded.unload()
-        served = []
-        # spawn: a forked child would inherit gRPC's threads and the server's state.
+        # spawn: a forked child would inherit this process's threads and ONNX Runtime state.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:
-            for size, (payload, answer) in requests.items():
-                for batching in (True, False):
-                    served += serve_load.measure_served(
-                        repository, model, runtime_options, server_settings, payload, size,
-                        batching, load, clients,
-                    )
-                served += serve_load.measure_no_op(answer, payload, size, load, clients)
+            served = measure_served(args, repository, requests, clients)
     ratios = serve_report.compute_ratios(in_process, served)
     setup = (
-        f"batching on = max batch {args.max_batch_size}, queue delay {args.max_queue_delay_us} "
-        f"us; both with {args.instances} instance(s) of {args.intra_op_threads or 'default'} "
-        "intra-op thread(s)"
+        f"stn-serve: max batch {args.max_batch_size}, queue delay {args.max_queue_delay_us} us "
+        f"(batching off: max batch 1), {args.instances} instance(s) of "
+        f"{args.intra_op_threads or 'default'} intra-op thread(s) per process; load over "
+        f"{args.connections} connections at most"
     )
-    serve_report.print_report(model, provider, in_process, served, setup, ratios)
+    machine = serve_report.Machine(os.cpu_count(), load_before, os.getloadavg())
+    serve_report.print_report(model, provider, machine, in_process, served, setup, ratios)
     if args.json:
         settings = {
             key: value
             for key, value in vars(args).items()
             if isinstance(value, (int, float, str, list, bool))
         }
-        serve_report.write_json(args.json, model, provider, in_process, served, ratios, settings)
+        serve_report.write_json(
+            args.json, model, provider, machine, in_process, served, ratios, settings
+        )
     if any(row.errors for row in served):
         print("some requests failed: the served figures above are not valid measurements")
         return 1

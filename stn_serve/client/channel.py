@@ -1,5 +1,5 @@
-"""Channel settings: message size limits, client-side load balancing, retries, and transport
-security (TLS, mutual TLS, a bearer token)."""
+"""Channel settings: message size limits, client-side load balancing, retries, transport
+security (TLS, mutual TLS, a bearer token), and channels with connections of their own."""
 
 from __future__ import annotations
 
@@ -105,14 +105,19 @@ def open_channel(
     tls_key=None,
     tls_server_name: str | None = None,
     token: str | None = None,
+    own_connection: bool = False,
 ) -> grpc.Channel:
     """A channel to `target` (`host:port` or `dns:///host:port`).
 
     TLS when `tls` or any of the `tls_*` files is given (see `channel_credentials`);
     `tls_server_name` checks the server's certificate against that name instead of the
     target's host (a probe that connects to localhost). `token` is sent with every call.
+    `own_connection`: connections of its own (a local subchannel pool); channels with the same
+    settings otherwise share one.
     """
     options = channel_options(max_message_mb)
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if tls or any(path is not None for path in (tls_ca, tls_cert, tls_key)):
         if tls_server_name:
             options.append(("grpc.ssl_target_name_override", tls_server_name))
@@ -122,3 +127,11 @@ def open_channel(
     else:
         channel = grpc.insecure_channel(target, options=options)
     return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+
+
+def open_channels(target: str, count: int, **settings) -> list[grpc.Channel]:
+    """`count` channels to `target` (`settings` as for `open_channel`), each with a connection
+    of its own. A server of several processes on one port (`serve --processes`) is balanced by
+    the kernel per connection, so requests spread over its processes only when they come over
+    several connections."""
+    return [open_channel(target, own_connection=True, **settings) for _ in range(count)]

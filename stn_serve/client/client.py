@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -10,14 +11,14 @@ import grpc
 import numpy as np
 
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
-from stn_serve.client.channel import open_channel
+from stn_serve.client.channel import open_channels
 from stn_serve.client.defaults import DEFAULT_MAX_MESSAGE_MB, DEFAULT_TIMEOUT_S
 from stn_serve.client.images import to_images
 from stn_serve.client.results import ClassScore, ModelInfo, Prediction
 from stn_serve.client.status import error_from_rpc
 from stn_serve.client.tensors import from_tensor
 from stn_serve.contract import DEFAULT_TOP_K
-from stn_serve.errors import NotReadyError, StnServeError
+from stn_serve.errors import InvalidInputError, NotReadyError, StnServeError
 
 
 class Client:
@@ -34,6 +35,9 @@ class Client:
         tls_ca: PEM file of the CA that signed the server's certificate.
         tls_cert, tls_key: PEM client certificate and key, for a server requiring mutual TLS.
         token: bearer token sent with every call (`authorization: Bearer <token>`).
+        channels: connections to spread the calls over, in turn. A server of several processes
+            on one port (`stn-serve serve --processes N`) shares the work by connection, so a
+            busy client uses about N (or more) to reach every process.
 
     Use as a context manager, or call `close()`.
     """
@@ -51,21 +55,27 @@ class Client:
         tls_cert=None,
         tls_key=None,
         token: str | None = None,
+        channels: int = 1,
     ):
+        if channels < 1:
+            raise InvalidInputError(f"channels must be at least 1, got {channels}")
         self.target = target
         self.model = model
         self.version = version
         self.timeout = timeout
-        self._channel = open_channel(
+        self._channels = open_channels(
             target,
-            max_message_mb,
+            channels,
+            max_message_mb=max_message_mb,
             tls=tls,
             tls_ca=tls_ca,
             tls_cert=tls_cert,
             tls_key=tls_key,
             token=token,
         )
-        self._stub = stn_pb2_grpc.StnServiceStub(self._channel)
+        self._stubs = itertools.cycle(
+            [stn_pb2_grpc.StnServiceStub(channel) for channel in self._channels]
+        )
         self._request_ids = itertools.count()
 
     def __enter__(self) -> Client:
@@ -75,14 +85,22 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        """Block until the channel connects; raise NotReadyError after `timeout` seconds."""
+        """Block until every channel connects; raise NotReadyError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+            for channel in self._channels:
+                remaining = max(0.0, deadline - time.monotonic())
+                grpc.channel_ready_future(channel).result(timeout=remaining)
         except grpc.FutureTimeoutError:
             raise NotReadyError(f"{self.target}: no connection within {timeout} s") from None
+
+    def _stub(self) -> stn_pb2_grpc.StnServiceStub:
+        """The next channel's stub, in turn."""
+        return next(self._stubs)
 
     def _request(
         self, images: Any, model: str | None, version: int | None, top_k: int
@@ -114,7 +132,7 @@ class Client:
             timeout: deadline in seconds for this call (default: the client's).
         """
         request = self._request(images, model, version, top_k)
-        return predictions_from(self._unary(self._stub.Predict, request, timeout))
+        return predictions_from(self._unary(self._stub().Predict, request, timeout))
 
     def predict_stream(
         self,
@@ -144,7 +162,7 @@ class Client:
                     refused.append(error)
                     return
 
-        responses = self._stub.PredictStream(requests(), timeout=timeout)
+        responses = self._stub().PredictStream(requests(), timeout=timeout)
         try:
             for response in responses:
                 yield predictions_from(response)
@@ -157,7 +175,7 @@ class Client:
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the server holds (the newest version of each)."""
-        response = self._unary(self._stub.ListModels, stn_pb2.ListModelsRequest(), timeout)
+        response = self._unary(self._stub().ListModels, stn_pb2.ListModelsRequest(), timeout)
         return [model_info_from(description) for description in response.models]
 
     def describe(
@@ -168,7 +186,7 @@ class Client:
             model=self.model if model is None else model,
             version=self.version if version is None else version,
         )
-        return model_info_from(self._unary(self._stub.DescribeModel, request, timeout))
+        return model_info_from(self._unary(self._stub().DescribeModel, request, timeout))
 
     def _unary(self, method, request, timeout: float | None):
         """Call a unary `method` under `timeout` (default: the client's); RPC errors become the

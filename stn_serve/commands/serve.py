@@ -1,18 +1,42 @@
 """`stn-serve serve`: serve a model repository over gRPC (stn.v1, Open Inference Protocol, health,
-reflection) with Prometheus metrics. Runs with torch absent."""
+reflection) with Prometheus metrics, in one process or several. Runs with torch absent."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 from stn_serve.commands.formatting import HelpFormatter
 from stn_serve.contract import DEVICES
 from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS, RuntimeOptions
-from stn_serve.server.options import ServerOptions
+from stn_serve.server.options import PORTS, RANGES, Range, ServerOptions
 
 # The flags' defaults are the options' own: one source for each.
 SERVER = {field.name: field.default for field in dataclasses.fields(ServerOptions)}
 RUNTIME = {field.name: field.default for field in dataclasses.fields(RuntimeOptions)}
+THREADS = Range(0, 1024)  # ONNX Runtime's pools; 0 lets it choose
+METRICS_PORTS = Range(-1, PORTS.high)
+PROCESSES = Range(1, 256)
+
+
+def number(kind: type, allowed: Range):
+    """An argparse type: text -> `kind` (int or float) within `allowed`, else a usage error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not allowed.holds(value):
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(
+                f"expected {what} {allowed.describe().removeprefix('a finite number ')}, "
+                f"got {text!r}"
+            )
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
 
 
 def add_parser(subparsers, parents):
@@ -20,22 +44,43 @@ def add_parser(subparsers, parents):
         "serve",
         parents=parents,
         help="serve a model repository over gRPC",
-        description="Serve every model in a model repository over gRPC until SIGTERM/SIGINT.",
+        description="Serve every model in a model repository over gRPC until SIGTERM/SIGINT "
+        "(which drain it: health NOT_SERVING, --drain-delay-s, then accepted requests finish "
+        "within --grace-s). SIGHUP never stops it: it is logged and ignored (the models are "
+        "loaded once, at start).",
         formatter_class=HelpFormatter,
     )
     add = parser.add_argument
+
+    def server_flag(name: str, help: str, kind: type = int) -> None:
+        """A flag filling the ServerOptions field of the same name, checked against its range."""
+        field = name.removeprefix("--").replace("-", "_")
+        add(name, type=number(kind, RANGES[field]), default=SERVER[field], help=help)
+
     add(
         "--repository",
         default="export",
         help="model repository: <name>/<version>/model.onnx + model.json",
     )
     add("--host", default="0.0.0.0", help="address the gRPC server binds")
-    add("--port", type=int, default=8001, help="gRPC port; 0 picks a free one (logged)")
+    add(
+        "--port",
+        type=number(int, PORTS),
+        default=8001,
+        help="gRPC port; 0 picks a free one (logged)",
+    )
     add(
         "--metrics-port",
-        type=int,
+        type=number(int, METRICS_PORTS),
         default=8002,
         help="Prometheus /metrics port on the same host; 0 picks a free one, -1 turns it off",
+    )
+    add(
+        "--processes",
+        type=number(int, PROCESSES),
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT), each with its own ONNX Runtime "
+        "sessions; they handle requests on that many cores (one metrics endpoint sums them)",
     )
     add(
         "--device",
@@ -45,13 +90,13 @@ def add_parser(subparsers, parents):
     )
     add(
         "--intra-op-threads",
-        type=int,
+        type=number(int, THREADS),
         default=RUNTIME["intra_op_threads"],
         help="ONNX Runtime threads within an op; 0 = its default",
     )
     add(
         "--inter-op-threads",
-        type=int,
+        type=number(int, THREADS),
         default=RUNTIME["inter_op_threads"],
         help="ONNX Runtime threads across ops; 0 = its default",
     )
@@ -67,54 +112,73 @@ def add_parser(subparsers, parents):
         help="let ONNX Runtime's threads spin-wait between runs (less latency under steady load, "
         "but each keeps a core busy while idle)",
     )
-    add(
-        "--workers",
-        type=int,
-        default=SERVER["workers"],
-        help="gRPC handler threads (each in-flight request holds one)",
-    )
-    add(
+    server_flag(
         "--instances",
-        type=int,
-        default=SERVER["instances"],
-        help="ONNX Runtime runs of one model version at once (each a batch); on a CPU, "
-        "instances x --intra-op-threads should not exceed the cores",
+        "ONNX Runtime runs of one model version at once (each a batch); on a CPU, "
+        "processes x instances x --intra-op-threads should not exceed the cores",
     )
-    add(
+    server_flag(
         "--max-batch-size",
-        type=int,
-        default=SERVER["max_batch_size"],
-        help="most images merged into one ONNX Runtime run; 1 turns dynamic batching off",
+        "most images merged into one ONNX Runtime run; 1 turns dynamic batching off",
     )
-    add(
+    server_flag(
         "--max-queue-delay-us",
-        type=int,
-        default=SERVER["max_queue_delay_us"],
-        help="how long the first request of a batch waits for others, in microseconds",
+        "how long the first request of a batch waits for others, in microseconds",
     )
-    add(
-        "--max-queue-size",
-        type=int,
-        default=SERVER["max_queue_size"],
-        help="requests waiting per model version before RESOURCE_EXHAUSTED",
+    server_flag(
+        "--max-in-flight",
+        "requests in a server process at once (decoding, queued or running); one more is "
+        "RESOURCE_EXHAUSTED at once",
     )
-    add(
-        "--max-images-per-request",
-        type=int,
-        default=SERVER["max_images_per_request"],
-        help="more images in one request is refused",
+    server_flag(
+        "--max-in-flight-per-model",
+        "the same bound for each model, so one busy model cannot take every place",
     )
-    add(
-        "--max-message-mb",
-        type=float,
-        default=SERVER["max_message_mb"],
-        help="largest request message accepted, in MiB",
+    server_flag("--max-images-per-request", "more images in one request is refused")
+    server_flag("--max-message-mb", "largest request message accepted, in MiB", float)
+    server_flag("--decode-threads", "threads decoding PNG/JPEG uploads")
+    server_flag(
+        "--max-decode-mb",
+        "memory one PNG/JPEG may take to decode, estimated from its header; more is refused "
+        "before decoding",
+        float,
     )
-    add(
+    server_flag(
+        "--decode-budget-mb",
+        "memory all decodes in flight may take together; a decode waits for room",
+        float,
+    )
+    server_flag("--max-streams-per-connection", "concurrent RPCs on one HTTP/2 connection")
+    server_flag(
+        "--stream-idle-timeout-s",
+        "a stream with nothing in flight and no request for this long is closed, and so is "
+        "one whose client reads no answer for this long",
+        float,
+    )
+    server_flag(
+        "--keepalive-s",
+        "ping a connection idle this long; close it when no answer comes within "
+        f"{SERVER['keepalive_timeout_s']:g} s",
+        float,
+    )
+    server_flag("--max-connection-idle-s", "close a connection with no RPC for this long", float)
+    server_flag(
+        "--max-connection-age-s",
+        "close a connection after this long (its RPCs get "
+        f"{SERVER['max_connection_age_grace_s']:g} s to finish), so clients spread over new "
+        "replicas",
+        float,
+    )
+    server_flag(
+        "--drain-delay-s",
+        "on SIGTERM/SIGINT, seconds health reads NOT_SERVING while requests are still accepted "
+        "(set it longer than the readiness probe's period)",
+        float,
+    )
+    server_flag(
         "--grace-s",
-        type=float,
-        default=10.0,
-        help="on SIGTERM/SIGINT, seconds in-flight requests get to finish",
+        "then, seconds accepted requests get to finish",
+        float,
     )
     return parser
 
@@ -122,19 +186,14 @@ def add_parser(subparsers, parents):
 def run(args) -> int:
     from stn_serve.commands.ports import check_port_free
     from stn_serve.runtime import RuntimeOptions
-    from stn_serve.server import ServerOptions, serve
+    from stn_serve.server import ServerOptions, serve, serve_processes
 
     check_port_free(args.host, args.port, "--port", "bind")
     if args.metrics_port > 0:
         check_port_free(args.host, args.metrics_port, "--metrics-port", "serve metrics on")
+    flags = {name: value for name, value in vars(args).items() if name in RANGES}
     options = ServerOptions(
-        max_batch_size=args.max_batch_size,
-        max_queue_delay_us=args.max_queue_delay_us,
-        max_queue_size=args.max_queue_size,
-        max_images_per_request=args.max_images_per_request,
-        max_message_mb=args.max_message_mb,
-        workers=args.workers,
-        instances=args.instances,
+        **flags,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         metrics_host=args.host,
     )
@@ -145,6 +204,8 @@ def run(args) -> int:
         graph_optimization=args.graph_optimization,
         spinning=args.spinning,
     )
-    return serve(
-        args.repository, f"{args.host}:{args.port}", options, runtime_options, args.grace_s
-    )
+    if args.processes > 1:
+        return serve_processes(
+            args.processes, args.repository, args.host, args.port, options, runtime_options
+        )
+    return serve(args.repository, args.host, args.port, options, runtime_options)

@@ -4,8 +4,6 @@ expected. (Encoded images decode through `stn_serve.imaging.decode_encoded`, as 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from stn_serve.errors import InvalidInputError, ResourceExhaustedError
@@ -33,6 +31,10 @@ def check_pixels(array: np.ndarray, what: str) -> np.ndarray:
     raise InvalidInputError(f"{what} has values in [{low:g}, {high:g}]; expected values in [0, 1]")
 
 
+#: The dtypes a raw tensor may have, as little-endian numpy dtypes.
+RAW_DTYPES = {"uint8": np.dtype("u1"), "float32": np.dtype("<f4")}
+
+
 def decode_raw(
     data: bytes,
     dims: list[int],
@@ -45,22 +47,22 @@ def decode_raw(
     C order) -> float32[C, H, W] in [0, 1]. With `count`, `data` holds that many such tensors back
     to back -> float32[count, C, H, W]."""
     channels, height, width = shape
-    accepted = [[channels, height, width]] + ([[height, width]] if channels == 1 else [])
-    if list(dims) not in accepted:
+    dims = list(dims)
+    if dims != [channels, height, width] and (channels != 1 or dims != [height, width]):
+        accepted = [[channels, height, width]] + ([[height, width]] if channels == 1 else [])
         raise InvalidInputError(
-            f"{what} has shape {list(dims)}; expected {' or '.join(map(str, accepted))}"
+            f"{what} has shape {dims}; expected {' or '.join(map(str, accepted))}"
         )
-    numpy_dtype = {"uint8": np.dtype("u1"), "float32": np.dtype("<f4")}.get(dtype)
+    numpy_dtype = RAW_DTYPES.get(dtype)
     if numpy_dtype is None:
         raise InvalidInputError(f"{what} has dtype {dtype}; expected uint8 or float32")
-    expected_bytes = (count or 1) * math.prod(dims) * numpy_dtype.itemsize
+    expected_bytes = (count or 1) * channels * height * width * numpy_dtype.itemsize
     if len(data) != expected_bytes:
         raise InvalidInputError(
-            f"{what} has {len(data)} bytes; shape {list(dims)} of {dtype} needs {expected_bytes}"
+            f"{what} has {len(data)} bytes; shape {dims} of {dtype} needs {expected_bytes}"
         )
     array = np.frombuffer(data, numpy_dtype).reshape(shape if count is None else (count, *shape))
     if dtype == "uint8":
         return np.divide(array, np.float32(255.0), dtype=np.float32)
     # Read-only view of the request's bytes: the batch is assembled into a new array anyway.
     return check_pixels(array, what)
-

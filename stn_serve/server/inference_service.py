@@ -1,8 +1,10 @@
 """`inference.GRPCInferenceService` (Open Inference Protocol / KServe v2, as Triton serves it):
-converts between its messages and arrays; the runtime does the rest."""
+converts between its messages and arrays (`InferenceCodec`); the request path
+(`stn_serve.server.request_path`) does the rest."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import numpy as np
@@ -13,8 +15,8 @@ from stn_serve._proto.inference import grpc_service_pb2_grpc
 from stn_serve.contract import INPUT_NAME, OUTPUT_NAMES, parse_version
 from stn_serve.errors import InvalidInputError, NotFoundError
 from stn_serve.server.images import check_count, check_pixels
-from stn_serve.server.status import Call, answering, counted
-from stn_serve.server.streams import started_in_order
+from stn_serve.server.status import Call, answered, clip, counted, deadline_of
+from stn_serve.server.streams import answer_stream
 
 SERVER_NAME = "stn-serve"
 PLATFORM = "onnxruntime_onnx"
@@ -26,9 +28,7 @@ def requested_version(version: str) -> int:
         return 0
     number = parse_version(version)
     if number is None:
-        raise InvalidInputError(
-            f"model version must be a positive integer, got {version[:64]!r}"
-        )
+        raise InvalidInputError(f"model version must be a positive integer, got {clip(version)}")
     return number
 
 
@@ -38,11 +38,13 @@ def input_images(
     """The request's one input `image` (FP32 [N, C, H, W], raw or typed contents) as an array."""
     names = [tensor.name for tensor in request.inputs]
     if names != [INPUT_NAME]:
-        raise InvalidInputError(f"expected exactly one input named {INPUT_NAME!r}, got {names}")
+        raise InvalidInputError(
+            f"expected exactly one input named {INPUT_NAME!r}, got {quoted(names)}"
+        )
     tensor = request.inputs[0]
     if tensor.datatype != "FP32":
         raise InvalidInputError(
-            f"input {INPUT_NAME!r} has datatype {tensor.datatype!r}; expected 'FP32'"
+            f"input {INPUT_NAME!r} has datatype {clip(tensor.datatype)}; expected 'FP32'"
         )
     dims = list(tensor.shape)
     if len(dims) != 4 or tuple(dims[1:]) != shape:
@@ -80,45 +82,85 @@ def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
     names = [output.name for output in request.outputs] or list(OUTPUT_NAMES)
     unknown = [name for name in names if name not in OUTPUT_NAMES]
     if unknown:
-        raise InvalidInputError(f"unknown outputs {unknown}; the model has {list(OUTPUT_NAMES)}")
+        raise InvalidInputError(
+            f"unknown outputs {quoted(unknown)}; the model has {list(OUTPUT_NAMES)}"
+        )
     return names
 
 
-class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repository, dispatcher, metrics, max_images_per_request: int, state):
-        self.repository = repository
-        self.dispatcher = dispatcher
-        self.metrics = metrics
+def quoted(names: list[str], most: int = 4) -> str:
+    """Client-supplied names for a message: each cut, and at most `most` of them."""
+    shown = ", ".join(clip(name) for name in names[:most])
+    return f"[{shown}{', ...' if len(names) > most else ''}] ({len(names)} in all)"
+
+
+class InferenceCodec:
+    """Open Inference Protocol messages <-> arrays, for the request path (`request_path.Codec`)."""
+
+    def __init__(self, max_images_per_request: int):
         self.max_images = max_images_per_request
+
+    def target(self, request: pb.ModelInferRequest) -> tuple[str, int]:
+        return request.model_name, requested_version(request.model_version)
+
+    def settings(self, request: pb.ModelInferRequest, model) -> list[str]:
+        """The outputs to answer with."""
+        return requested_outputs(request)
+
+    def raw_images(self, request: pb.ModelInferRequest, shape) -> np.ndarray:
+        return input_images(request, shape, self.max_images)  # raw FP32 tensors only
+
+    def images(self, request, shape, control) -> np.ndarray:
+        return self.raw_images(request, shape)
+
+    def response(self, request, model, names: list[str], outputs) -> pb.ModelInferResponse:
+        response = pb.ModelInferResponse(
+            model_name=model.name, model_version=str(model.version), id=request.id
+        )
+        for name in names:
+            value = np.ascontiguousarray(outputs[name], "<f4")
+            response.outputs.add(name=name, datatype="FP32", shape=value.shape)
+            response.raw_output_contents.append(value.tobytes())
+        return response
+
+
+class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, path, metrics, max_images_per_request: int, stream_limits, state):
+        self.path = path
+        self.metrics = metrics
+        self.codec = InferenceCodec(max_images_per_request)
+        self.stream_limits = stream_limits
         self.state = state  # has `.serving`: False once shutdown begins
 
-    def ServerLive(self, request, context):
+    async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.state.serving and self.repository.ready)
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.state.serving and self.path.repository.ready)
 
-    def ModelReady(self, request, context):
-        with answering(context, self.metrics, "ModelReady") as call:
+    async def ModelReady(self, request, context):
+        async def readiness(call):
             try:
-                model = self.repository.get(request.name, requested_version(request.version))
+                model = self.path.model(request.name, requested_version(request.version))
             except NotFoundError:
                 return pb.ModelReadyResponse(ready=False)
             call.model = model.name
             return pb.ModelReadyResponse(ready=self.state.serving and model.ready)
 
-    def ServerMetadata(self, request, context):
+        return await answered(context, self.metrics, "ModelReady", readiness)
+
+    async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=stn_serve.__version__)
 
-    def ModelMetadata(self, request, context):
-        with answering(context, self.metrics, "ModelMetadata") as call:
-            model = self.repository.get(request.name, requested_version(request.version))
+    async def ModelMetadata(self, request, context):
+        async def metadata(call):
+            model = self.path.model(request.name, requested_version(request.version))
             call.model = model.name
             spec = model.spec
             tensor = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
                 name=spec.name,
-                versions=[str(v) for v in self.repository.versions(spec.name)],
+                versions=[str(v) for v in self.path.repository.versions(spec.name)],
                 platform=PLATFORM,
                 inputs=[tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, *spec.input_shape])],
                 outputs=[
@@ -127,47 +169,32 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 ],
             )
 
-    def _start(self, request: pb.ModelInferRequest, context, call: Call, inline: bool):
-        """Validate, decode and queue one request (or, with `inline`, run it here if the model
-        is idle); returns a function that waits for its outputs and builds the response."""
-        model = self.repository.get(request.model_name, requested_version(request.model_version))
-        call.model = model.name
-        names = requested_outputs(request)
-        with self.dispatcher.arrival(model, context, inline) as submit:
-            future = submit(input_images(request, model.spec.input_shape, self.max_images))
+        return await answered(context, self.metrics, "ModelMetadata", metadata)
 
-        def finish() -> pb.ModelInferResponse:
-            outputs = self.dispatcher.result(model, future, context)
-            response = pb.ModelInferResponse(
-                model_name=model.name, model_version=str(model.version), id=request.id
-            )
-            for name in names:
-                value = np.ascontiguousarray(outputs[name], "<f4")
-                response.outputs.add(name=name, datatype="FP32", shape=value.shape)
-                response.raw_output_contents.append(value.tobytes())
-            return response
+    async def ModelInfer(self, request, context):
+        return await answered(
+            context,
+            self.metrics,
+            "ModelInfer",
+            lambda call: self.path.answer(self.codec, request, call),
+        )
 
-        return finish
-
-    def ModelInfer(self, request, context):
-        with answering(context, self.metrics, "ModelInfer") as call:
-            return self._start(request, context, call, inline=True)()
-
-    def ModelStreamInfer(self, request_iterator, context):
+    async def ModelStreamInfer(self, request_iterator, context):
         """As Triton does: one response per request, in request order, and a request that fails
         is answered with its error_message while the stream goes on."""
 
-        def start(request, call):
-            # Never inline: the reader must keep reading while the model runs.
-            return self._start(request, context, call, inline=False)
+        def start(request):
+            call = Call(deadline_of(context))
+            return call, asyncio.ensure_future(self.path.answer(self.codec, request, call))
 
-        for call, finish in started_in_order(request_iterator, context, start, stop_at_error=False):
+        async def finish(call, task):
             try:
                 with counted(self.metrics, "ModelStreamInfer", call):
-                    response = finish()
-            except Exception:  # noqa: BLE001 - counted and logged; answered in-band below
-                yield pb.ModelStreamInferResponse(
+                    response = await task
+            except Exception:  # noqa: BLE001 - counted and logged; answered in-band
+                return pb.ModelStreamInferResponse(
                     error_message=f"[{call.code.name}] {call.message}"
                 )
-            else:
-                yield pb.ModelStreamInferResponse(infer_response=response)
+            return pb.ModelStreamInferResponse(infer_response=response)
+
+        await answer_stream(context, start, finish, self.stream_limits)

@@ -1,8 +1,12 @@
-"""Prometheus metrics of one server, in a registry of its own (several servers share a process in tests)."""
+"""Prometheus metrics of one server, in a registry of its own (several servers share a process in
+tests). With `serve --processes N` every process writes its values to files in
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode) and the supervising process
+serves them summed over all processes (`serve_multiprocess`)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from stn_serve.errors import InvalidInputError
 
@@ -34,13 +38,43 @@ class Metrics:
         self.batch_size = self._histogram(
             "stn_batch_size", "images per ONNX Runtime run", buckets=BATCH_BUCKETS
         )
+        # Gauges are summed over the live processes in multiprocess mode.
         self.queue_depth = Gauge(
             "stn_queue_depth",
             "requests waiting in the batch queue",
             PER_VERSION,
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
+        self.in_flight = Gauge(
+            "stn_in_flight",
+            "requests admitted and not yet answered (decoding, queued or running), by model",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self._answered: dict[tuple[str, str, str], tuple] = {}
+        self._in_flight: dict[str, Gauge] = {}
         self._http = None
+
+    def answered(self, method: str, model: str, code: str, seconds: float) -> None:
+        """Count one answered RPC and its latency (label children are looked up once each:
+        this runs for every request)."""
+        children = self._answered.get((method, model, code))
+        if children is None:
+            children = (
+                self.requests.labels(method, model, code),
+                self.latency.labels(method, model),
+            )
+            self._answered[(method, model, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def in_flight_of(self, model: str) -> Gauge:
+        gauge = self._in_flight.get(model)
+        if gauge is None:
+            gauge = self._in_flight[model] = self.in_flight.labels(model)
+        return gauge
 
     def _histogram(
         self, name, documentation, labels=PER_VERSION, buckets=LATENCY_BUCKETS
@@ -49,10 +83,7 @@ class Metrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose the registry over HTTP at /metrics; returns the bound port."""
-        try:
-            self._http, _ = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as error:
-            raise InvalidInputError(f"cannot serve metrics on {host}:{port}: {error}") from error
+        self._http = serve_registry(self.registry, port, host)
         return self._http.server_port
 
     def close(self) -> None:
@@ -63,3 +94,19 @@ class Metrics:
 
     def sample(self, name: str, labels: dict) -> float | None:
         return self.registry.get_sample_value(name, labels)
+
+
+def serve_registry(registry: CollectorRegistry, port: int, host: str):
+    """An HTTP server answering /metrics from `registry`, serving in a thread of its own."""
+    try:
+        http, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise InvalidInputError(f"cannot serve metrics on {host}:{port}: {error}") from error
+    return http
+
+
+def serve_multiprocess(port: int, host: str):
+    """Serve the values every process wrote to PROMETHEUS_MULTIPROC_DIR, summed, at /metrics."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return serve_registry(registry, port, host)

@@ -1,26 +1,35 @@
-"""`stn.v1.StnService`: converts between stn.v1 messages and arrays; the runtime does the rest."""
+"""`stn.v1.StnService`: converts between stn.v1 messages and arrays (`StnCodec`); the request
+path (`stn_serve.server.request_path`) does the rest."""
 
 from __future__ import annotations
+
+import asyncio
 
 import numpy as np
 
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.contract import DEFAULT_TOP_K
 from stn_serve.errors import InvalidInputError
-from stn_serve.imaging import decode_encoded, encode_png
+from stn_serve.imaging import DecodeControl, decode_encoded, encode_png
 from stn_serve.server.images import check_count, decode_raw
-from stn_serve.server.status import Call, answering
-from stn_serve.server.streams import started_in_order
+from stn_serve.server.status import Call, answered, deadline_of
+from stn_serve.server.streams import answer_stream
 
 DTYPES = {stn_pb2.DATA_TYPE_UINT8: "uint8", stn_pb2.DATA_TYPE_FLOAT32: "float32"}
 
 
-def image_array(image: stn_pb2.Image, shape: tuple[int, int, int], index: int) -> np.ndarray:
-    """One image of a request -> float32[C, H, W] in [0, 1]; errors name it as images[index]."""
+def image_array(
+    image: stn_pb2.Image,
+    shape: tuple[int, int, int],
+    index: int,
+    control: DecodeControl | None = None,
+) -> np.ndarray:
+    """One image of a request -> float32[C, H, W] in [0, 1]; errors name it as images[index].
+    Encoded images decode within `control`'s limits (see `stn_serve.imaging.decode_encoded`)."""
     what = f"images[{index}]"
     source = image.WhichOneof("source")
     if source == "encoded":
-        return decode_encoded(image.encoded, shape, what)
+        return decode_encoded(image.encoded, shape, what, control)
     if source == "tensor":
         tensor = image.tensor
         if tensor.dtype not in DTYPES:
@@ -57,13 +66,19 @@ def _same_raw_tensors(images, shape: tuple[int, int, int]) -> np.ndarray | None:
         return None
 
 
-def request_images(images, shape: tuple[int, int, int], max_images: int) -> np.ndarray:
+def request_images(
+    images, shape: tuple[int, int, int], control: DecodeControl | None = None
+) -> np.ndarray:
     """A request's images -> float32[N, C, H, W] in [0, 1]; each error names the image."""
-    check_count(len(images), max_images)
     batch = _same_raw_tensors(images, shape)
     if batch is not None:
         return batch
-    return np.stack([image_array(image, shape, i) for i, image in enumerate(images)])
+    return one_by_one(images, shape, control)
+
+
+def one_by_one(images, shape: tuple[int, int, int], control: DecodeControl | None = None):
+    """Each image on its own (`image_array`), stacked -> float32[N, C, H, W]."""
+    return np.stack([image_array(image, shape, i, control) for i, image in enumerate(images)])
 
 
 def describe(model, versions: list[int]) -> stn_pb2.ModelDescription:
@@ -90,7 +105,7 @@ def response_for(
     whole request; per image only the fields are set (the cheapest way to fill upb messages)."""
     probabilities, crops, thetas = outputs["probabilities"], outputs["crop"], outputs["theta"]
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-    top_probabilities = np.take_along_axis(probabilities, order, axis=1).tolist()
+    top_probabilities = probabilities[np.arange(len(order))[:, None], order].tolist()
     labels = model.spec.labels
     crop_shape = crops.shape[1:]
     crop_bytes = np.ascontiguousarray(crops, "<f4").tobytes()
@@ -115,58 +130,82 @@ def response_for(
     return response
 
 
-class StnServicer(stn_pb2_grpc.StnServiceServicer):
-    def __init__(self, repository, dispatcher, metrics, max_images_per_request: int):
-        self.repository = repository
-        self.dispatcher = dispatcher
-        self.metrics = metrics
+class StnCodec:
+    """stn.v1 messages <-> arrays, for the request path (`request_path.Codec`)."""
+
+    def __init__(self, max_images_per_request: int):
         self.max_images = max_images_per_request
 
-    def _start(self, request: stn_pb2.PredictRequest, context, call: Call, inline: bool):
-        """Validate, decode and queue one request (or, with `inline`, run it here if the model
-        is idle); returns a function that waits for its outputs and builds the response."""
-        model = self.repository.get(request.model, request.version)
-        call.model = model.name
+    def target(self, request: stn_pb2.PredictRequest) -> tuple[str, int]:
+        return request.model, request.version
+
+    def settings(self, request: stn_pb2.PredictRequest, model) -> int:
+        """The request's top_k, capped at the model's classes."""
+        check_count(len(request.images), self.max_images)
         if request.top_k < 0:
             raise InvalidInputError(
                 f"top_k must be >= 0 (0 = {DEFAULT_TOP_K}), got {request.top_k}"
             )
-        top_k = min(request.top_k or DEFAULT_TOP_K, model.spec.num_classes)
-        with self.dispatcher.arrival(model, context, inline) as submit:
-            shape = model.spec.input_shape
-            future = submit(request_images(request.images, shape, self.max_images))
-        return lambda: response_for(
-            request, model, top_k, self.dispatcher.result(model, future, context)
+        return min(request.top_k or DEFAULT_TOP_K, model.spec.num_classes)
+
+    def raw_images(self, request: stn_pb2.PredictRequest, shape) -> np.ndarray | None:
+        images = request.images
+        batch = _same_raw_tensors(images, shape)
+        if batch is not None or any(i.WhichOneof("source") == "encoded" for i in images):
+            return batch
+        return one_by_one(images, shape)  # raw tensors that differ, or one at fault
+
+    def images(self, request, shape, control: DecodeControl) -> np.ndarray:
+        return request_images(request.images, shape, control)
+
+    def response(self, request, model, top_k: int, outputs) -> stn_pb2.PredictResponse:
+        return response_for(request, model, top_k, outputs)
+
+
+class StnServicer(stn_pb2_grpc.StnServiceServicer):
+    def __init__(self, path, metrics, max_images_per_request: int, stream_limits):
+        self.path = path
+        self.metrics = metrics
+        self.codec = StnCodec(max_images_per_request)
+        self.stream_limits = stream_limits
+
+    async def Predict(self, request, context):
+        return await answered(
+            context,
+            self.metrics,
+            "Predict",
+            lambda call: self.path.answer(self.codec, request, call),
         )
 
-    def Predict(self, request, context):
-        with answering(context, self.metrics, "Predict") as call:
-            return self._start(request, context, call, inline=True)()
+    async def PredictStream(self, request_iterator, context):
+        """Requests are started as they arrive, so those in flight on one stream can share a
+        batch; responses keep the request order. A bad request ends the stream with its status."""
 
-    def PredictStream(self, request_iterator, context):
-        """Requests are queued as they arrive, so those in flight on one stream can share a batch;
-        responses keep the request order. A bad request ends the stream with its status."""
+        def start(request):
+            call = Call(deadline_of(context))
+            return call, asyncio.ensure_future(self.path.answer(self.codec, request, call))
 
-        def start(request, call):
-            # Never inline: the reader must keep reading while the model runs.
-            return self._start(request, context, call, inline=False)
+        async def finish(call, task):
+            return await answered(context, self.metrics, "PredictStream", lambda _: task, call)
 
-        for call, finish in started_in_order(request_iterator, context, start, stop_at_error=True):
-            with answering(context, self.metrics, "PredictStream", call):
-                response = finish()
-            yield response
+        await answer_stream(context, start, finish, self.stream_limits)
 
-    def ListModels(self, request, context):
-        with answering(context, self.metrics, "ListModels"):
+    async def ListModels(self, request, context):
+        async def models(call):
+            repository = self.path.repository
             return stn_pb2.ListModelsResponse(
                 models=[
-                    describe(self.repository.get(name), self.repository.versions(name))
-                    for name in self.repository.names()
+                    describe(repository.get(name), repository.versions(name))
+                    for name in repository.names()
                 ]
             )
 
-    def DescribeModel(self, request, context):
-        with answering(context, self.metrics, "DescribeModel") as call:
-            model = self.repository.get(request.model, request.version)
+        return await answered(context, self.metrics, "ListModels", models)
+
+    async def DescribeModel(self, request, context):
+        async def description(call):
+            model = self.path.model(request.model, request.version)
             call.model = model.name
-            return describe(model, self.repository.versions(model.name))
+            return describe(model, self.path.repository.versions(model.name))
+
+        return await answered(context, self.metrics, "DescribeModel", description)
