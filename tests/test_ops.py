@@ -95,7 +95,7 @@ def test_backward_in_groups_of_images_matches_native(monkeypatch, padding_mode, 
     # The reference's training backward splits large batches into groups of images; a budget of
     # one element makes every image its own group, and 5 images leave no group the same as another.
     monkeypatch.setenv(sampler_kernel.ENABLE_ENV, "0")
-    monkeypatch.setattr(importlib.import_module("stn_serve.ops.grid_sample"), "_GROUP_ELEMENTS", 1)
+    monkeypatch.setattr(importlib.import_module("stn_serve.ops.bilinear"), "_GROUP_ELEMENTS", 1)
     generator = torch.Generator().manual_seed(11)
     input = torch.randn(5, channels, 6, 7, generator=generator)
     grid = random_grid(generator, 5, 4, 5)

@@ -144,7 +144,11 @@ class _Reader:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise self.fail(f"version must be a positive int, got {version!r}")
         labels = data.get("labels")
-        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        if (
+            not isinstance(labels, list)
+            or not labels
+            or not all(isinstance(x, str) for x in labels)
+        ):
             raise self.fail(f"labels must be a non-empty list of strings, got {labels!r}")
         model_input = data.get("input")
         if not isinstance(model_input, dict) or model_input.get("name", INPUT_NAME) != INPUT_NAME:
@@ -175,7 +179,8 @@ class _Reader:
             got = sorted(outputs) if isinstance(outputs, dict) else outputs
             raise self.fail(f"outputs must have exactly {sorted(OUTPUT_RANKS)}, got {got!r}")
         shapes = {
-            key: self.ints(outputs[key], f"outputs.{key}", rank) for key, rank in OUTPUT_RANKS.items()
+            key: self.ints(outputs[key], f"outputs.{key}", rank)
+            for key, rank in OUTPUT_RANKS.items()
         }
         for key in ("logits", "probabilities"):
             if shapes[key] != (num_classes,):

@@ -3,7 +3,8 @@ and backward are written out by hand, registered as `torch.ops.stn.*` custom ops
 transform families that map a parameter vector to a sampling grid."""
 
 from stn_serve.ops.affine_grid import affine_grid, affine_grid_backward
-from stn_serve.ops.grid_sample import bilinear_sample_backward, grid_sample
+from stn_serve.ops.bilinear import bilinear_sample_backward
+from stn_serve.ops.grid_sample import grid_sample
 from stn_serve.ops.projective_grid import projective_grid, projective_grid_backward
 from stn_serve.ops.tps_grid import (
     tps_control_points,

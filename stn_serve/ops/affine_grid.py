@@ -106,4 +106,3 @@ def affine_grid(
         InvalidInputError (a ValueError): matrix not floating [N, 2, 3], or size not (N, C, H, W).
     """
     return torch.ops.stn.affine_grid(matrix, list(size), align_corners)
-

@@ -122,4 +122,3 @@ def projective_grid(
             (N, C, H, W).
     """
     return torch.ops.stn.projective_grid(homography, list(size), align_corners)
-

@@ -1,8 +1,8 @@
 """The bilinear sampler's fused CPU kernel (`csrc/bilinear_sampler.cpp`): built on first use.
 
 `stn_serve.ops.grid_sample` registers it as the CPU implementation of `stn::grid_sample` and
-`stn::grid_sample_backward`; the tensor-op implementation there stays the reference and the
-fallback. The kernel is compiled with torch's own extension tooling (`torch.utils.cpp_extension`,
+`stn::grid_sample_backward`; the tensor-op implementation (`stn_serve.ops.bilinear`) stays the
+reference and the fallback. The kernel is compiled with torch's own extension tooling (`torch.utils.cpp_extension`,
 the C++ compiler `$CXX` or `c++`, and ninja) the first time a CPU tensor is sampled (13 s on 2
 busy cores, up to a minute when they are crowded), and cached under `$TORCH_EXTENSIONS_DIR` (by
 default `~/.cache/torch_extensions`); later processes load the cached library. Its operators are
@@ -150,4 +150,6 @@ def _log_choice(implementation: str, reason: str | None, level: int) -> None:
         return
     _logged = implementation
     names = {"kernel": "the fused C++ kernel", "reference": "the tensor-op reference"}
-    log.log(level, f"bilinear sampler on the CPU: {names[implementation]}", extra={"reason": reason})
+    log.log(
+        level, f"bilinear sampler on the CPU: {names[implementation]}", extra={"reason": reason}
+    )

@@ -220,4 +220,3 @@ def tps_grid(
             (N, C, H, W), or a control grid smaller than 2 x 2.
     """
     return torch.ops.stn.tps_grid(offsets, list(size), align_corners, list(control_grid))
-

@@ -212,7 +212,9 @@ FAMILIES: dict[str, type[Transform]] = {
     for family in (Translation, Attention, Similarity, Affine, Projective, ThinPlateSpline)
 }
 if tuple(FAMILIES) != TRANSFORMS:  # the contract names what this module must implement
-    raise ImportError(f"transform families {list(FAMILIES)} differ from the contract's {TRANSFORMS}")
+    raise ImportError(
+        f"transform families {list(FAMILIES)} differ from the contract's {TRANSFORMS}"
+    )
 
 
 def make_transform(

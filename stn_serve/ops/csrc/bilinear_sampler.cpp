@@ -1,7 +1,7 @@
 // The bilinear sampler of stn_serve.ops.grid_sample as one fused CPU kernel: the forward, and the
 // backward with the input gradient and the grid gradient in one pass over the grid.
 //
-// The maths is the derivation in the docstring of stn_serve/ops/grid_sample.py, step for step,
+// The maths is the derivation in the docstring of stn_serve/ops/bilinear.py, step for step,
 // with the same operations in the same order (so points land on the same side of a pixel centre
 // as in torch and the tensor-op reference). What differs is the schedule:
 // - One parallel loop over the batch. Threads claim images from a shared counter as they become
