@@ -26,17 +26,17 @@ NO_TORCH_CLI = (
 
 
 class ServerProcess:
-    """`stn-serve serve --host 127.0.0.1 --port 0 *args`; its log records in `records`."""
+    """`stn-serve serve --host 127.0.0.1 --port 0 *args`; its log records in `records`.
+    `host=None` leaves --host out (the server's default)."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, host: str | None = "127.0.0.1"):
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
                 NO_TORCH_CLI,
                 "serve",
-                "--host",
-                "127.0.0.1",
+                *(["--host", host] if host else []),
                 "--port",
                 "0",
                 *args,

@@ -18,7 +18,7 @@ from PIL import Image
 
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.cli import main
-from stn_serve.client import ClassScore, Client, ModelInfo, Prediction
+from stn_serve.client import ClassScore, Client, ModelInfo, Prediction, VersionState
 from stn_serve.client.channel import channel_options
 from stn_serve.client.healthcheck import check
 from stn_serve.errors import (
@@ -150,9 +150,11 @@ def test_list_models_and_describe(client):
         num_params=6,
         execution_provider="CPUExecutionProvider",
         ready=True,
+        states=[VersionState(1, "READY"), VersionState(2, "READY")],
     )
     assert client.describe("digits", 1).version == 1
     assert client.describe().name == "digits"
+    assert client.describe().states == model.states
 
 
 def test_errors_become_domain_exceptions_naming_the_problem(client, digits_images):

@@ -128,6 +128,7 @@ def test_entrypoint_and_cmd_are_a_real_serve_command_line(dockerfile):
     assert str(args.repository) == "/models"
     grpc_port, metrics_port = serve_ports()
     assert (args.host, args.port, args.metrics_port) == ("0.0.0.0", grpc_port, metrics_port)
+    assert args.metrics_host == "0.0.0.0"  # both bind every interface on purpose
     assert '"/models"' in values(runtime, "VOLUME")[-1]
 
 
@@ -201,6 +202,7 @@ def test_compose_reserves_a_gpu_only_in_the_gpu_profile(compose):
     args = build_parser().parse_args(cpu["command"])
     assert (args.command, args.device, str(args.repository)) == ("serve", "cpu", "/models")
     assert (args.host, args.port, args.metrics_port) == ("0.0.0.0", *serve_ports())
+    assert args.metrics_host == "0.0.0.0"
 
 
 # Kubernetes ---------------------------------------------------------------------------------------
@@ -266,6 +268,7 @@ def test_deployment_runs_the_serve_command_on_the_default_ports():
     assert args.command == "serve"
     grpc_port, metrics_port = serve_ports()
     assert (args.host, args.port, args.metrics_port) == ("0.0.0.0", grpc_port, metrics_port)
+    assert args.metrics_host == "0.0.0.0"  # both bind every interface on purpose
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     assert ports == {"grpc": grpc_port, "metrics": metrics_port}
     mounts = {m["mountPath"]: m for m in server["volumeMounts"]}

@@ -11,20 +11,18 @@ import argparse
 import copy
 import subprocess
 import sys
-from concurrent import futures
+import threading
 from pathlib import Path
 
-import grpc
 import jsonpatch
 import kubernetes_validate
 import pytest
 import yaml
 from certificates import issue, make_ca
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from conftest import running_server
 
+from stn_serve.cli import build_parser
 from stn_serve.client.healthcheck import build_parser as healthcheck_parser
-from stn_serve.commands.serve_options import model_control_options, security_options
-from stn_serve.server.security import server_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ROOT / "deploy" / "k8s-tls"
@@ -103,12 +101,12 @@ def tls_mount(documents: list[dict]) -> tuple[str, dict]:
 
 
 def added_args(variant_docs: list[dict], base_docs: list[dict]) -> argparse.Namespace:
-    """The serve flags an overlay adds, parsed by the parsers that define them."""
+    """The whole serve command line of an overlay, parsed by `stn-serve`'s own parser (overlays
+    only append flags to the base's command)."""
     base_args = server_container(base_docs)["args"]
     args = server_container(variant_docs)["args"]
     assert args[: len(base_args)] == base_args, "overlays only append to the serve command"
-    parser = argparse.ArgumentParser(parents=[security_options(), model_control_options()])
-    return parser.parse_args(args[len(base_args) :])
+    return build_parser().parse_args(args)
 
 
 def test_every_variant_renders_valid_manifests_and_changes_only_the_deployment(variant, base):
@@ -153,34 +151,29 @@ def test_exec_probes_run_the_health_check_over_tls(base):
         assert args.timeout < container[probe]["timeoutSeconds"]
 
 
-def test_the_exec_probe_command_passes_against_a_tls_server_and_fails_without_one(tmp_path):
+def test_the_exec_probe_command_passes_against_a_tls_server_and_fails_while_it_drains(
+    tmp_path, model_repository
+):
     container = server_container(render(OVERLAYS / "exec-probes"))
     command = container["readinessProbe"]["exec"]["command"]
     args = healthcheck_parser().parse_args(command[3:])
     ca = make_ca(tmp_path, "ca")
     server_cert = issue(ca, tmp_path, "tls", server_names=(args.tls_server_name,))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
-    )
-    health_servicer = health.HealthServicer()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_secure_port(
-        "127.0.0.1:0", server_credentials(server_cert.cert, server_cert.key)
-    )
-    server.start()
-    # The probe as the pod runs it, with the Secret's files from this test and its port.
-    argv = [sys.executable, *command[1:]]
-    argv[argv.index(args.tls_ca)] = str(ca.cert)
-    argv[argv.index(args.address)] = f"localhost:{port}"
-    try:
+    tls = {"tls_cert": str(server_cert.cert), "tls_key": str(server_cert.key)}
+    with running_server(model_repository, **tls, drain_delay_s=5) as (server, port):
+        # The probe as the pod runs it, with the Secret's files from this test and its port.
+        argv = [sys.executable, *command[1:]]
+        argv[argv.index(args.tls_ca)] = str(ca.cert)
+        argv[argv.index(args.address)] = f"localhost:{port}"
         passed = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         assert passed.returncode == 0, passed.stdout + passed.stderr
-        health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        draining = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-        assert draining.returncode == 1 and "NOT_SERVING" in draining.stdout
-    finally:
-        server.stop(None)
+        draining = threading.Thread(target=server.drain)
+        draining.start()
+        try:
+            probe = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+            assert probe.returncode == 1 and "NOT_SERVING" in probe.stdout
+        finally:
+            draining.join(60)
 
 
 def test_native_probes_use_the_plaintext_health_port_on_the_pod_ip(base):

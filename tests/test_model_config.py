@@ -43,11 +43,12 @@ def test_export_writes_a_triton_config_that_matches_the_graph(model_repository):
 
     config = triton_config(model_repository / "digits" / CONFIG_FILE)
     assert (config.name, config.platform) == ("digits", "onnxruntime_onnx")
+    # Triton needs max_batch_size (dims leave out the batch dimension); dynamic batching is on
+    # with no delay and no instance count of its own, so the server's flags decide those.
     assert config.max_batch_size == DEFAULT_MAX_BATCH_SIZE
-    assert config.dynamic_batching.max_queue_delay_microseconds == DEFAULT_MAX_QUEUE_DELAY_US
-    assert [(g.count, g.kind) for g in config.instance_group] == [
-        (DEFAULT_INSTANCES, model_config_pb2.ModelInstanceGroup.KIND_AUTO)
-    ]
+    assert config.HasField("dynamic_batching")
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+    assert list(config.instance_group) == []
     assert config.version_policy.WhichOneof("policy_choice") == "all"
     for version in (1, 2):  # written with version 1, true of every version
         graph = onnx.load(model_repository / "digits" / str(version) / "model.onnx").graph
@@ -95,13 +96,19 @@ def test_zero_sized_outputs_are_left_out():
 # Reading it back (the runtime, without tritonclient) ---------------------------------------------
 
 
-def test_exported_config_reads_as_the_server_defaults(model_repository):
+def test_an_exported_config_sets_the_batch_size_and_leaves_the_rest_to_the_flags(
+    model_repository,
+):
     settings = read_settings(model_repository / "digits")
     assert (settings.max_batch_size, settings.max_queue_delay_us, settings.instances) == (
         DEFAULT_MAX_BATCH_SIZE,
-        DEFAULT_MAX_QUEUE_DELAY_US,
-        DEFAULT_INSTANCES,
+        None,
+        None,
     )
+    flags = Batching(max_batch_size=8, max_queue_delay_us=100, instances=3)
+    assert settings.batching(flags) == Batching(DEFAULT_MAX_BATCH_SIZE, 100, 3)
+    defaults = Batching(DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US, DEFAULT_INSTANCES)
+    assert settings.batching(defaults) == defaults
     assert settings.version_policy == VersionPolicy("all") and settings.ignored == ()
     assert settings.declared["image"] == (1, 28, 28)
 
@@ -126,10 +133,15 @@ def test_set_fields_override_the_flags_and_the_rest_keep_them(tmp_path):
     assert settings.version_policy.select([1, 2, 3, 4]) == [1, 3]
 
 
-def test_dynamic_batching_without_a_delay_means_no_delay(tmp_path):
-    write_config(tmp_path / "m", "dynamic_batching { }\n")
+def test_dynamic_batching_without_a_delay_leaves_the_flags_delay(tmp_path):
+    # proto3 cannot tell 0 from unset: 0 leaves the flag in force, as max_batch_size 0 does.
+    write_config(tmp_path / "m", "dynamic_batching { max_queue_delay_microseconds: 0 }\n")
     settings = read_settings(tmp_path / "m")
-    assert settings.max_queue_delay_us == 0 and settings.max_batch_size is None
+    assert settings.max_queue_delay_us is None and settings.max_batch_size is None
+    flags = Batching(max_batch_size=8, max_queue_delay_us=100, instances=2)
+    assert settings.batching(flags) == flags
+    write_config(tmp_path / "m", "dynamic_batching { max_queue_delay_microseconds: 1 }\n")
+    assert read_settings(tmp_path / "m").batching(flags) == Batching(8, 1, 2)
 
 
 @pytest.mark.parametrize(

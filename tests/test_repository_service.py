@@ -1,80 +1,39 @@
 """The Open Inference Protocol's repository extension, ModelConfig and ModelStatistics, called
-with tritonclient against a small gRPC server that registers `RepositoryService`'s handlers
-(the full server registers the same handlers in its InferenceServicer)."""
+with tritonclient against the server (`create_server` on 127.0.0.1 port 0) under each model
+control mode."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-from concurrent import futures
 
-import grpc
+import numpy as np
 import pytest
+from conftest import DIGITS_SHAPE, running_server
 
-from stn_serve._proto.inference import grpc_service_pb2_grpc
-from stn_serve.contract import CONFIG_FILE, status_of
-from stn_serve.runtime import (
-    Batching,
-    ModelControl,
-    ModelControlOptions,
-    ModelRepository,
-    RuntimeOptions,
-)
-from stn_serve.server.repository_service import RepositoryService
-from stn_serve.server.statistics import InferenceStatistics
+from stn_serve.contract import CONFIG_FILE
+from stn_serve.runtime import ModelControlOptions, RuntimeOptions
 
-FLAGS = Batching(max_batch_size=16, max_queue_delay_us=500, instances=2)
-
-
-class RepositoryServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: RepositoryService):
-        self.service = service
-
-    def _answer(self, handler, request, context):
-        try:
-            return handler(request)
-        except Exception as error:  # noqa: BLE001 - as the real servicer does
-            code, message = status_of(error)
-            context.abort(grpc.StatusCode[code], message)
-
-    def RepositoryIndex(self, request, context):
-        return self._answer(self.service.repository_index, request, context)
-
-    def RepositoryModelLoad(self, request, context):
-        return self._answer(self.service.load, request, context)
-
-    def RepositoryModelUnload(self, request, context):
-        return self._answer(self.service.unload, request, context)
-
-    def ModelConfig(self, request, context):
-        return self._answer(self.service.model_config, request, context)
-
-    def ModelStatistics(self, request, context):
-        return self._answer(self.service.model_statistics, request, context)
+# The server's batching flags, which a model's config.pbtxt overrides where it sets a value.
+FLAGS = {"max_batch_size": 16, "max_queue_delay_us": 500, "instances": 2}
 
 
 @contextlib.contextmanager
 def serving(root, mode="none", **control):
-    """(tritonclient, RepositoryService) for a repository at `root` under model control `mode`."""
+    """(tritonclient, server) for a repository at `root` under model control `mode`."""
     import tritonclient.grpc as triton
 
-    repository = ModelRepository(root, RuntimeOptions(device="cpu"))
-    model_control = ModelControl(repository, ModelControlOptions(mode=mode, **control))
-    model_control.start()
-    service = RepositoryService(model_control, InferenceStatistics(), FLAGS)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)]
-    )
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        RepositoryServicer(service), server
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield triton.InferenceServerClient(f"127.0.0.1:{port}"), service
-    finally:
-        server.stop(None)
-        model_control.stop(5)
+    with running_server(
+        root,
+        runtime_options=RuntimeOptions(device="cpu"),
+        model_control=ModelControlOptions(mode=mode, **control),
+        **FLAGS,
+    ) as (server, port):
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            yield client, server
+        finally:
+            client.close()
 
 
 @pytest.fixture
@@ -129,6 +88,8 @@ def test_explicit_load_and_unload_through_tritonclient(repository_copy):
         with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT.*load parameters"):
             client.load_model("digits", config='{"max_batch_size": 4}')
         assert service.repository.names() == []
+        with pytest.raises(InferenceServerException, match="NOT_FOUND.*'digits' has no version"):
+            infer(client, "digits")
 
 
 def test_load_and_unload_are_refused_unless_explicit(repository_copy):
@@ -148,7 +109,9 @@ def test_model_config_is_the_config_pbtxt_completed(repository_copy):
             "onnxruntime_onnx",
             32,
         )
-        assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+        # The file sets the batch size; the delay and the instances are the server's flags.
+        assert config.dynamic_batching.max_queue_delay_microseconds == 500
+        assert [g.count for g in config.instance_group] == [2]
         assert [t.name for t in config.output] == ["logits", "probabilities", "crop", "theta"]
         assert list(config.input[0].dims) == [1, 28, 28]
         assert config.version_policy.WhichOneof("policy_choice") == "all"
@@ -186,35 +149,39 @@ def test_model_config_of_an_unknown_model_is_not_found(repository_copy):
             client.get_model_config("digits", "\u00b2")
 
 
-def test_statistics_report_what_was_recorded(repository_copy):
+def infer(client, name: str, version: str = "", images: int = 1, output: str = "theta"):
+    import tritonclient.grpc as triton
+
+    image = triton.InferInput("image", [images, *DIGITS_SHAPE], "FP32")
+    image.set_data_from_numpy(np.full((images, *DIGITS_SHAPE), 0.5, np.float32))
+    wanted = [triton.InferRequestedOutput(output)]
+    return client.infer(name, [image], model_version=version, outputs=wanted)
+
+
+def test_statistics_count_what_the_server_did(repository_copy):
     from tritonclient.utils import InferenceServerException
 
-    with serving(repository_copy) as (client, service):
+    with serving(repository_copy) as (client, _):
         empty = client.get_inference_statistics(as_json=True)["model_stats"]
         assert [(s["name"], s["version"]) for s in empty] == [("digits", "1"), ("digits", "2")]
-        recorder = service.statistics
         for images in (3, 5):
-            recorder.record_request(
-                "digits",
-                2,
-                ok=True,
-                images=images,
-                duration_ns=1000,
-                queue_ns=100,
-                compute_infer_ns=700,
-            )
-        recorder.record_request("digits", 2, ok=False, images=1, duration_ns=50)
-        recorder.record_execution("digits", 2, batch_size=8, compute_infer_ns=700)
+            infer(client, "digits", "2", images)
+        with pytest.raises(InferenceServerException, match="unknown outputs"):
+            infer(client, "digits", "2", output="boxes")
         (stats,) = client.get_inference_statistics("digits", "2").model_stats
-        assert (stats.inference_count, stats.execution_count) == (8, 1)
-        assert (stats.inference_stats.success.count, stats.inference_stats.success.ns) == (2, 2000)
-        assert (stats.inference_stats.fail.count, stats.inference_stats.fail.ns) == (1, 50)
-        assert (
-            stats.inference_stats.queue.ns == 200 and stats.inference_stats.compute_infer.ns == 1400
-        )
-        assert [(b.batch_size, b.compute_infer.count) for b in stats.batch_stats] == [(8, 1)]
+        requests = stats.inference_stats
+        assert (stats.inference_count, stats.execution_count) == (8, 2)
+        assert (requests.success.count, requests.fail.count) == (2, 1)
+        assert requests.success.ns > 0 and requests.fail.ns > 0
+        # Each request that ran counts its wait in the queue and the run it was part of.
+        assert (requests.queue.count, requests.compute_infer.count) == (2, 2)
+        assert requests.compute_infer.ns > 0
+        assert [(b.batch_size, b.compute_infer.count) for b in stats.batch_stats] == [
+            (3, 1),
+            (5, 1),
+        ]
         assert stats.last_inference > 0
         (one,) = client.get_inference_statistics("digits", "1").model_stats
-        assert one.inference_count == 0
+        assert one.inference_count == 0 and one.inference_stats.success.count == 0
         with pytest.raises(InferenceServerException, match="NOT_FOUND"):
             client.get_inference_statistics("nope")

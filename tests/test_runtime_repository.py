@@ -3,6 +3,7 @@ serve and drain before they unload, failure isolation, and model control (none, 
 
 from __future__ import annotations
 
+import random
 import shutil
 import threading
 import time
@@ -242,16 +243,79 @@ def test_a_removed_model_is_unloaded_and_a_new_one_loaded(two_versions):
         repo.get("m")
 
 
+def test_a_version_that_begins_to_retire_is_never_handed_out(two_versions):
+    """A request that picks a version whose session has begun to retire (the moment before the
+    repository marks it) gets another version, or UNAVAILABLE, never a missing lease."""
+    repo = repository(two_versions).load()
+    retiring = repo._models["m"].versions[2].loaded  # that moment, held still for the test
+    retiring.retire(timeout=0)
+    with repo.acquire("m") as model:
+        assert model.version == 1
+    with pytest.raises(NotReadyError, match="version 2 is loading or unloading"):
+        repo.acquire("m", 2)
+    assert repo.versions("m") == [1] and repo.names() == ["m"]
+
+
+def test_requests_racing_unloads_and_reloads_get_a_version_or_a_clear_refusal(two_versions):
+    repo = repository(two_versions).load()
+    control = ModelControl(repo, ModelControlOptions(mode="explicit"))
+    unexpected, served = [], []
+    stop = threading.Event()
+
+    def requests():
+        while not stop.is_set():
+            try:
+                with repo.acquire("m", random.choice([0, 2])) as model:
+                    served.append(model.predict(IMAGES)["logits"].shape)
+            except (NotFoundError, NotReadyError):
+                pass
+            except Exception as error:  # noqa: BLE001 - what the test looks for
+                unexpected.append(error)
+
+    threads = [threading.Thread(target=requests) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for seed in range(4):
+            control.unload("m")
+            control.load("m")
+            write_model(two_versions, "m", 2, seed=10 + seed)  # reloaded in place
+            repo.rescan()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert unexpected == [] and served and set(served) == {(2, 10)}
+
+
+def test_a_change_to_the_batching_settings_reloads_the_versions(two_versions):
+    repo = repository(two_versions).load()
+    before = {v: repo.get("m", v) for v in (1, 2)}
+    set_policy(two_versions, "m", "all { }", extra="max_batch_size: 4\n")
+    repo.rescan()
+    after = {v: repo.get("m", v) for v in (1, 2)}
+    assert all(after[v] is not before[v] and not before[v].ready for v in (1, 2))
+    assert after[2].options.warmup_batch_sizes == (1, 4)
+    set_policy(two_versions, "m", "specific { versions: [2] }", extra="max_batch_size: 4\n")
+    repo.rescan()  # a policy change alone reloads nothing
+    assert repo.versions("m") == [2] and repo.get("m", 2) is after[2]
+
+
 def test_listeners_hear_of_each_change(two_versions):
     repo = repository(two_versions).load()
     heard = []
-    repo.add_listener(heard.append)
+    # What a listener sees when it is called: the versions that answer, version 1's state.
+    repo.add_listener(lambda name: heard.append((name, repo.versions(name), states(repo).get(1))))
     repo.add_listener(lambda name: 1 / 0)  # a broken listener stops nothing
     repo.rescan()
     assert heard == []
     shutil.rmtree(two_versions / "m" / "1")
     repo.rescan()
-    assert heard == ["m"]
+    # Once when version 1 stops answering (before its drain), once when it is gone.
+    assert heard == [("m", [2], (State.UNLOADING, "")), ("m", [2], None)]
+    write_model(two_versions, "m", 2, seed=7)  # changed files: a new session replaces the old
+    repo.rescan()
+    assert heard[2:] == [("m", [2], None)]
 
 
 # Failure isolation --------------------------------------------------------------------------------

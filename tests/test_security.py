@@ -1,60 +1,35 @@
-"""Transport security: TLS and mutual TLS with our client and Triton's, certificate files checked
-and reloaded, bearer tokens (sync and asyncio servers), and the plaintext health-only port.
-
-The servers here are plain gRPC servers on 127.0.0.1 port 0 with the health service and small
-stand-ins for stn.v1 and the Open Inference Protocol, secured by `stn_serve.server.security`.
-"""
+"""Transport security on the server (`create_server` on 127.0.0.1 port 0): TLS and mutual TLS
+with our client and Triton's, certificate files checked and reloaded, bearer tokens, the
+plaintext health-only port, and reflection turned off."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import socket
 import ssl
 import threading
-from concurrent import futures
+import time
 
 import grpc
 import pytest
 from certificates import issue, make_ca
+from conftest import running_server
 from cryptography import x509
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from stn_serve._proto.inference import grpc_service_pb2 as inference_pb2
-from stn_serve._proto.inference import grpc_service_pb2_grpc
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.client import Client
 from stn_serve.client.healthcheck import check
 from stn_serve.client.healthcheck import main as healthcheck_main
 from stn_serve.contract.auth import read_token
 from stn_serve.errors import InvalidInputError, NotReadyError, StnServeError
-from stn_serve.server.health_port import create_health_server
-from stn_serve.server.security import (
-    AsyncTokenAuthInterceptor,
-    TokenAuthInterceptor,
-    check_certificate_files,
-    server_credentials,
-)
+from stn_serve.runtime import ModelRepository, RuntimeOptions
+from stn_serve.server.security import server_credentials
+from stn_serve.server.tls_files import check_certificate_files
 
 TOKEN = "s3cret-token-0123456789abcdef"
-
-
-class Models(stn_pb2_grpc.StnServiceServicer):
-    def ListModels(self, request, context):
-        return stn_pb2.ListModelsResponse(models=[stn_pb2.ModelDescription(name="digits")])
-
-    def DescribeModel(self, request, context):
-        return stn_pb2.ModelDescription(name="digits")
-
-    def PredictStream(self, request_iterator, context):
-        for request in request_iterator:
-            yield stn_pb2.PredictResponse(model=request.model)
-
-
-class Inference(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def ServerLive(self, request, context):
-        return inference_pb2.ServerLiveResponse(live=True)
 
 
 @pytest.fixture(scope="module")
@@ -73,38 +48,32 @@ def pki(tmp_path_factory):
     }
 
 
-def add_services(server: grpc.Server) -> health.HealthServicer:
-    stn_pb2_grpc.add_StnServiceServicer_to_server(Models(), server)
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Inference(), server)
-    health_servicer = health.HealthServicer()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    return health_servicer
+@pytest.fixture(scope="module")
+def repository(model_repository):
+    """The test models, loaded once for the module (each server leaves them loaded)."""
+    loaded = ModelRepository(model_repository, RuntimeOptions(device="cpu")).load()
+    yield loaded
+    loaded.unload()
+
+
+def tls_options(issued, client_ca=None) -> dict:
+    """Server options that serve TLS with `issued`'s certificate (mutual with `client_ca`)."""
+    return {
+        "tls_cert": str(issued.cert),
+        "tls_key": str(issued.key),
+        "tls_client_ca": str(client_ca) if client_ca else None,
+    }
 
 
 @contextlib.contextmanager
-def serving(credentials=None, interceptors=()):
-    """A started server on 127.0.0.1 port 0: (port, health servicer)."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
-        interceptors=interceptors,
-        options=[("grpc.so_reuseport", 0)],
-    )
-    health_servicer = add_services(server)
-    address = "127.0.0.1:0"
-    port = (
-        server.add_secure_port(address, credentials)
-        if credentials
-        else server.add_insecure_port(address)
-    )
-    server.start()
-    try:
-        yield port, health_servicer
-    finally:
-        server.stop(None)
+def serving(repository, **options):
+    """The server on 127.0.0.1 port 0 with `options` (ServerOptions fields): (port, server)."""
+    with running_server(repository, **options) as (server, port):
+        yield port, server
 
 
 def models(port: int, **security) -> list[str]:
+    """The names our client lists (stn.v1 ListModels)."""
     with Client(f"localhost:{port}", timeout=5, **security) as client:
         return [m.name for m in client.list_models()]
 
@@ -129,32 +98,32 @@ def served_certificate(port: int, ca_file) -> x509.Certificate:
 # TLS ----------------------------------------------------------------------------------------------
 
 
-def test_tls_works_with_our_client_and_tritonclient(pki):
-    with serving(server_credentials(pki["server"].cert, pki["server"].key)) as (port, _):
+def test_tls_works_with_our_client_and_tritonclient(pki, repository):
+    with serving(repository, **tls_options(pki["server"])) as (port, _):
         assert models(port, tls_ca=pki["ca"].cert) == ["digits"]
         assert triton(port, ssl=True, root_certificates=str(pki["ca"].cert)).is_server_live()
         assert check(f"localhost:{port}", tls_ca=pki["ca"].cert) == "SERVING"
 
 
-def test_a_plaintext_client_is_refused(pki):
-    with serving(server_credentials(pki["server"].cert, pki["server"].key)) as (port, _):
+def test_a_plaintext_client_is_refused(pki, repository):
+    with serving(repository, **tls_options(pki["server"])) as (port, _):
         with pytest.raises(NotReadyError, match="UNAVAILABLE"):
             models(port)
         assert check(f"localhost:{port}", timeout=2) == "UNAVAILABLE"
         assert models(port, tls_ca=pki["ca"].cert) == ["digits"]  # still serving
 
 
-def test_a_client_that_does_not_trust_the_servers_ca_is_refused(pki):
-    with serving(server_credentials(pki["server"].cert, pki["server"].key)) as (port, _):
+def test_a_client_that_does_not_trust_the_servers_ca_is_refused(pki, repository):
+    with serving(repository, **tls_options(pki["server"])) as (port, _):
         with pytest.raises(NotReadyError):
             models(port, tls_ca=pki["other_ca"].cert)
         with pytest.raises(NotReadyError):
             models(port, tls=True)  # the system's CAs do not know this one either
 
 
-def test_mutual_tls_needs_a_client_certificate_from_the_ca(pki):
+def test_mutual_tls_needs_a_client_certificate_from_the_ca(pki, repository):
     server, client, stranger = pki["server"], pki["client"], pki["stranger"]
-    with serving(server_credentials(server.cert, server.key, pki["ca"].cert)) as (port, _):
+    with serving(repository, **tls_options(server, pki["ca"].cert)) as (port, _):
         ca = pki["ca"].cert
         assert models(port, tls_ca=ca, tls_cert=client.cert, tls_key=client.key) == ["digits"]
         assert triton(
@@ -171,8 +140,8 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(pki):
         assert check(f"localhost:{port}", tls_ca=ca, timeout=2) == "UNAVAILABLE"
 
 
-def test_the_health_check_command_speaks_tls(pki, capsys):
-    with serving(server_credentials(pki["server"].cert, pki["server"].key)) as (port, _):
+def test_the_health_check_command_speaks_tls(pki, capsys, repository):
+    with serving(repository, **tls_options(pki["server"])) as (port, _):
         # A probe inside a pod connects to localhost; the certificate names the service.
         argv = ["--address", f"127.0.0.1:{port}", "--tls-ca", str(pki["ca"].cert)]
         assert healthcheck_main([*argv, "--tls-server-name", "localhost"]) == 0
@@ -226,13 +195,17 @@ def test_bad_certificate_files_are_named_with_the_problem(pki, tmp_path, files, 
         check_certificate_files(cert, key, ca)
     with pytest.raises(InvalidInputError, match=message):
         server_credentials(cert, key, ca)
+    # The server refuses them before it loads any model: this folder does not exist.
+    with pytest.raises(InvalidInputError, match=message):
+        with serving(tmp_path / "never-read", tls_cert=cert, tls_key=key, tls_client_ca=ca):
+            pass
 
 
-def test_renewed_certificate_files_are_served_to_new_connections(pki, tmp_path, caplog):
+def test_renewed_certificate_files_are_served_to_new_connections(pki, tmp_path, caplog, repository):
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     shutil.copy(pki["server"].cert, cert)
     shutil.copy(pki["server"].key, key)
-    with serving(server_credentials(cert, key)) as (port, _):
+    with serving(repository, tls_cert=str(cert), tls_key=str(key)) as (port, _):
         assert served_certificate(port, pki["ca"].cert) == pki["server"].certificate
         renewed = issue(pki["ca"], tmp_path / "renewed", "server")
         shutil.copy(renewed.key, key)  # a half-done renewal: the key of the next certificate
@@ -262,14 +235,24 @@ def raw_calls(port: int, metadata=()):
     health_stub = health_pb2_grpc.HealthStub(channel)
     return channel, {
         "unary": lambda: stub.ListModels(stn_pb2.ListModelsRequest(), metadata=metadata, timeout=5),
-        "stream": lambda: list(
-            stub.PredictStream(
-                iter([stn_pb2.PredictRequest(model="m")]), metadata=metadata, timeout=5
-            )
-        ),
+        "stream": lambda: list(stub.PredictStream(iter([]), metadata=metadata, timeout=5)),
         "unknown": lambda: unknown(b"", metadata=metadata, timeout=5),
         "health": lambda: health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5),
     }
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("token") / "token"
+    path.write_text(TOKEN + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def token_server(repository, token_file) -> int:
+    """A plaintext server that takes calls with the token only: its port."""
+    with serving(repository, auth_token_file=token_file) as (port, _):
+        yield port
 
 
 @pytest.mark.parametrize(
@@ -283,11 +266,12 @@ def raw_calls(port: int, metadata=()):
     ],
     ids=["none", "wrong", "no-scheme", "longer", "other-scheme"],
 )
-def test_calls_without_the_right_token_are_unauthenticated_but_health_is_open(metadata):
-    with serving(interceptors=[TokenAuthInterceptor(TOKEN)]) as (port, _):
-        channel, calls = raw_calls(port, metadata)
-        with channel:
-            statuses = {kind: call_status(call) for kind, call in calls.items()}
+def test_calls_without_the_right_token_are_unauthenticated_but_health_is_open(
+    metadata, token_server
+):
+    channel, calls = raw_calls(token_server, metadata)
+    with channel:
+        statuses = {kind: call_status(call) for kind, call in calls.items()}
     assert statuses == {
         "unary": grpc.StatusCode.UNAUTHENTICATED,
         "stream": grpc.StatusCode.UNAUTHENTICATED,
@@ -296,64 +280,30 @@ def test_calls_without_the_right_token_are_unauthenticated_but_health_is_open(me
     }
 
 
-def test_the_right_token_is_let_through(pki):
-    credentials = server_credentials(pki["server"].cert, pki["server"].key)
-    with serving(credentials, interceptors=[TokenAuthInterceptor(TOKEN)]) as (port, _):
+def test_the_right_token_is_let_through(token_server):
+    channel, calls = raw_calls(token_server, (("authorization", f"Bearer {TOKEN}"),))
+    with channel:
+        statuses = {kind: call_status(call).name for kind, call in calls.items()}
+    assert statuses == {"unary": "OK", "stream": "OK", "unknown": "UNIMPLEMENTED", "health": "OK"}
+
+
+def test_the_token_over_tls_with_our_client_and_tritonclient(pki, repository, token_file):
+    with serving(repository, **tls_options(pki["server"]), auth_token_file=token_file) as (
+        port,
+        _,
+    ):
         assert models(port, tls_ca=pki["ca"].cert, token=TOKEN) == ["digits"]
         with Client(f"localhost:{port}", tls_ca=pki["ca"].cert, token=TOKEN) as client:
             assert [p for p in client.predict_stream([])] == []
         client = triton(port, ssl=True, root_certificates=str(pki["ca"].cert))
         assert client.is_server_live(headers={"authorization": f"bearer {TOKEN}"})
+        index = client.get_model_repository_index(headers={"authorization": f"Bearer {TOKEN}"})
+        assert {m.name for m in index.models} == {"digits"}
         with pytest.raises(Exception, match="Unauthenticated|UNAUTHENTICATED"):
             client.is_server_live()
         with pytest.raises(StnServeError, match="UNAUTHENTICATED: missing or wrong bearer token"):
             models(port, tls_ca=pki["ca"].cert, token="wrong")
-
-
-class AsyncModels(stn_pb2_grpc.StnServiceServicer):
-    async def ListModels(self, request, context):
-        return stn_pb2.ListModelsResponse(models=[stn_pb2.ModelDescription(name="digits")])
-
-    async def PredictStream(self, request_iterator, context):
-        async for request in request_iterator:
-            yield stn_pb2.PredictResponse(model=request.model)
-
-
-def test_the_asyncio_interceptor_checks_the_same_way():
-    from grpc_health.v1.health import aio as health_aio
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start():
-        server = grpc.aio.server(interceptors=[AsyncTokenAuthInterceptor(TOKEN)])
-        stn_pb2_grpc.add_StnServiceServicer_to_server(AsyncModels(), server)
-        health_servicer = health_aio.HealthServicer()
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
-        authorized = (("authorization", f"Bearer {TOKEN}"),)
-        for metadata, expected in (((), "UNAUTHENTICATED"), (authorized, "OK")):
-            channel, calls = raw_calls(port, metadata)
-            with channel:
-                statuses = {kind: call_status(call).name for kind, call in calls.items()}
-            assert statuses == {
-                "unary": expected,
-                "stream": expected,
-                "unknown": "UNIMPLEMENTED" if metadata else "UNAUTHENTICATED",
-                "health": "OK",
-            }
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+        assert check(f"localhost:{port}", tls_ca=pki["ca"].cert) == "SERVING"  # probes: open
 
 
 @pytest.mark.parametrize(
@@ -382,32 +332,58 @@ def test_a_token_file_reads_without_its_newline(tmp_path):
 # The plaintext health port ------------------------------------------------------------------------
 
 
-def test_the_health_port_answers_checks_in_plaintext_beside_a_tls_port(pki):
-    credentials = server_credentials(pki["server"].cert, pki["server"].key)
-    with serving(credentials) as (_, health_servicer):
-        health_server, health_port = create_health_server(health_servicer, "127.0.0.1:0")
-        health_server.start()
+def test_the_health_port_answers_checks_in_plaintext_beside_a_tls_port(pki, repository, token_file):
+    options = {**tls_options(pki["server"]), "auth_token_file": token_file}
+    with serving(repository, **options, health_port=0, drain_delay_s=3) as (_, server):
+        address = f"127.0.0.1:{server.health_port}"
+        assert check(address) == "SERVING" and check(address, "digits") == "SERVING"
+        with grpc.insecure_channel(address) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert call_status(lambda: next(watch)) == grpc.StatusCode.UNIMPLEMENTED
+            listing = stn_pb2_grpc.StnServiceStub(channel).ListModels
+            assert call_status(lambda: listing(stn_pb2.ListModelsRequest(), timeout=5)) == (
+                grpc.StatusCode.UNIMPLEMENTED
+            )
+        # Draining: one health servicer answers on both ports, NOT_SERVING during the delay.
+        draining = threading.Thread(target=server.drain)
+        draining.start()
         try:
-            address = f"127.0.0.1:{health_port}"
-            assert check(address) == "SERVING"
-            health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-            assert check(address) == "NOT_SERVING"  # one servicer, one answer on both ports
-            with grpc.insecure_channel(address) as channel:
-                watch = health_pb2_grpc.HealthStub(channel).Watch(
-                    health_pb2.HealthCheckRequest(), timeout=5
-                )
-                assert call_status(lambda: next(watch)) == grpc.StatusCode.UNIMPLEMENTED
-                listing = stn_pb2_grpc.StnServiceStub(channel).ListModels
-                assert call_status(lambda: listing(stn_pb2.ListModelsRequest(), timeout=5)) == (
-                    grpc.StatusCode.UNIMPLEMENTED
-                )
+            deadline = time.monotonic() + 3
+            while check(address) != "NOT_SERVING" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert check(address) == "NOT_SERVING"
         finally:
-            health_server.stop(None)
+            draining.join(30)
 
 
-def test_the_health_port_names_an_address_it_cannot_bind():
-    with pytest.raises(InvalidInputError, match="cannot bind the health port"):
-        create_health_server(health.HealthServicer(), "256.0.0.1:0")
+def test_the_health_port_names_an_address_it_cannot_bind(repository):
+    with pytest.raises(InvalidInputError, match="cannot bind the health port 256.0.0.1:0"):
+        with serving(repository, health_port=0, health_host="256.0.0.1"):
+            pass
+
+
+# Reflection ---------------------------------------------------------------------------------------
+
+
+def reflected_services(port: int) -> list[str] | grpc.StatusCode:
+    """The services reflection lists, or the status code it answers with."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        try:
+            (response,) = stub.ServerReflectionInfo(iter([request]), timeout=5)
+        except grpc.RpcError as error:
+            return error.code()
+    return sorted(service.name for service in response.list_services_response.service)
+
+
+def test_reflection_lists_the_services_unless_turned_off(repository):
+    with serving(repository) as (port, _):
+        assert "stn.v1.StnService" in reflected_services(port)
+    with serving(repository, reflection=False) as (port, _):
+        assert reflected_services(port) == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_client_certificate_needs_its_key(pki):
@@ -417,13 +393,13 @@ def test_client_certificate_needs_its_key(pki):
         Client("localhost:1", tls_ca=pki["folder"] / "absent.crt")
 
 
-def test_predict_and_batch_flags_reach_the_client(pki, tmp_path):
+def test_predict_and_batch_flags_reach_the_client(pki, tmp_path, repository):
     from stn_serve.cli import build_parser
     from stn_serve.commands.connection import remote_predictor
 
     (tmp_path / "token").write_text(TOKEN + "\n")
-    credentials = server_credentials(pki["server"].cert, pki["server"].key, pki["ca"].cert)
-    with serving(credentials, interceptors=[TokenAuthInterceptor(TOKEN)]) as (port, _):
+    options = tls_options(pki["server"], pki["ca"].cert)
+    with serving(repository, **options, auth_token_file=str(tmp_path / "token")) as (port, _):
         client = pki["client"]
         flags = [
             "--server",

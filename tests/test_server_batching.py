@@ -8,6 +8,7 @@ state; waits are bounded and nothing depends on how fast this machine is.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
 import urllib.request
@@ -19,10 +20,12 @@ from conftest import DIGITS_SHAPE, running_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
+from stn_serve.contract import CONFIG_FILE
 from stn_serve.errors import DeadlineExceededError
 from stn_serve.runtime import ModelRepository, RuntimeOptions
 from stn_serve.server.batching import Batcher
 from stn_serve.server.metrics import Metrics
+from stn_serve.server.statistics import InferenceStatistics
 
 WAIT_S = 60
 LATE_S = 2.0
@@ -70,8 +73,12 @@ class Gate:
 
 
 @pytest.fixture
-def repository(model_repository):
-    return ModelRepository(model_repository, RuntimeOptions(device="cpu")).load()
+def repository(model_repository, tmp_path):
+    """The test models without their config.pbtxt, so that the server's flags set the batching
+    (a model's config.pbtxt wins over them where it sets a value)."""
+    copy = tmp_path / "export"
+    shutil.copytree(model_repository, copy, ignore=shutil.ignore_patterns(CONFIG_FILE))
+    return ModelRepository(copy, RuntimeOptions(device="cpu")).load()
 
 
 def image_request(value: float) -> stn_pb2.PredictRequest:
@@ -221,7 +228,7 @@ class FakeModel:
 def batcher_for(model, **settings) -> Batcher:
     """A Batcher on the running loop (max batch 8, no queue delay unless set)."""
     options = {"max_batch_size": 8, "max_queue_delay_us": 0, **settings}
-    return Batcher(model, Metrics(), **options)
+    return Batcher(model, Metrics(), InferenceStatistics(), **options)
 
 
 def ones(count: int, value: float = 1.0) -> np.ndarray:

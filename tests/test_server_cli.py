@@ -18,6 +18,7 @@ from server_process import NO_TORCH_CLI, WAIT_S, ServerProcess
 from stn_serve._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.cli import build_parser
+from stn_serve.commands.formatting import UNSET_NOTE
 
 
 @pytest.fixture
@@ -52,9 +53,12 @@ def test_broken_model_is_left_out_and_the_others_serve(repository_with_broken_mo
         assert list(server.repository.failures) == [repository_with_broken_model / "broken" / "1"]
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = stn_pb2_grpc.StnServiceStub(channel)
-            assert [
-                m.name for m in stub.ListModels(stn_pb2.ListModelsRequest(), timeout=30).models
-            ] == ["digits"]
+            listed = stub.ListModels(stn_pb2.ListModelsRequest(), timeout=30).models
+            assert [(m.name, m.ready) for m in listed] == [("broken", False), ("digits", True)]
+            (state,) = listed[0].version_states
+            assert (
+                state.state == stn_pb2.VERSION_STATE_UNAVAILABLE and "cannot load" in state.reason
+            )
             assert len(stub.Predict(good_request(), timeout=30).predictions) == 1
             inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             ready = inference.ModelReady(
@@ -90,7 +94,7 @@ def test_sighup_is_logged_and_the_server_keeps_serving(model_repository):
         for count in (1, 2):
             server.send(signal.SIGHUP)
             server.wait_for(
-                "SIGHUP ignored: the models were loaded at start and nothing rescans them", count
+                "SIGHUP ignored: only model control mode 'poll' rescans the repository", count
             )
             assert len(predict(port).predictions) == 1
         server.send(signal.SIGTERM)
@@ -128,12 +132,19 @@ def test_help_documents_every_flag_with_its_default():
         "max_images_per_request", "max_message_mb", "decode_threads", "max_decode_mb",
         "decode_budget_mb", "max_streams_per_connection", "stream_idle_timeout_s",
         "keepalive_s", "max_connection_idle_s", "max_connection_age_s", "drain_delay_s",
-        "grace_s",
+        "grace_s", "model_control_mode", "repository_poll_s", "load_model", "tls_cert",
+        "tls_key", "tls_client_ca", "auth_token_file", "no_reflection", "metrics_host",
+        "health_port", "health_host",
     }  # fmt: skip
     help_text = serve.format_help()
+    text = " ".join(help_text.split())
     for action in flags:
         assert action.help, action.dest
-        assert f"(default: {action.default})" in " ".join(help_text.split()), action.dest
+        if action.default is None:  # shown as what leaving the flag out does
+            note = UNSET_NOTE.search(action.help).group(1)
+            assert f"(default: {' '.join(note.split())})" in text, action.dest
+        else:
+            assert f"(default: {action.default})" in text, action.dest
 
 
 @pytest.mark.parametrize(
@@ -198,6 +209,42 @@ BAD_FLAGS = {
     "image over the budget": (
         ["--max-decode-mb", "100", "--decode-budget-mb", "50"],
         "error: max_decode_mb (100.0) must not exceed decode_budget_mb (50.0)",
+    ),
+    "certificate without key": (
+        ["--tls-cert", "server.crt"],
+        "error: TLS needs both a certificate and its key (--tls-cert, --tls-key)",
+    ),
+    "client CA without certificate": (
+        ["--tls-client-ca", "ca.crt"],
+        "error: mutual TLS (--tls-client-ca) needs the server's own certificate",
+    ),
+    "certificate not there": (
+        ["--tls-cert", "absent.crt", "--tls-key", "absent.key"],
+        "error: cannot read the TLS certificate absent.crt",
+    ),
+    "token file not there": (
+        ["--auth-token-file", "absent-token"],
+        "error: cannot read the token file absent-token",
+    ),
+    "health port too large": (
+        ["--health-port", "70000"],
+        "argument --health-port: expected an integer >= 0",
+    ),
+    "zero poll period": (
+        ["--repository-poll-s", "0"],
+        "argument --repository-poll-s: expected a number > 0",
+    ),
+    "unknown control mode": (
+        ["--model-control-mode", "sometimes"],
+        "argument --model-control-mode: invalid choice: 'sometimes'",
+    ),
+    "models to load without explicit": (
+        ["--load-model", "digits"],
+        "error: models to load at start (['digits']) need mode 'explicit'",
+    ),
+    "explicit with processes": (
+        ["--model-control-mode", "explicit", "--processes", "2"],
+        "error: --model-control-mode explicit takes one process",
     ),
 }
 

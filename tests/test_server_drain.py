@@ -270,7 +270,7 @@ def test_two_processes_share_the_port_sum_their_metrics_restart_and_drain(model_
 
         server.send(signal.SIGHUP)  # passed on to both; neither stops
         server.wait_for("SIGHUP: passed on to every server process")
-        server.wait_for("SIGHUP ignored: the models were loaded at start and nothing rescans them", 2)
+        server.wait_for("SIGHUP ignored: only model control mode 'poll' rescans the repository", 2)
         with Client(f"127.0.0.1:{port}", model="digits", channels=4, timeout=WAIT_S) as client:
             assert len(client.predict(np.full(DIGITS_SHAPE, 0.5, np.float32))) == 1
 

@@ -248,8 +248,8 @@ def health_of(channel, service: str) -> int:
 
 
 def test_health_and_batchers_follow_the_repository_as_it_changes(model_repository, tmp_path):
-    """Models come and go through the repository (its rescan, here the server's SIGHUP hook):
-    health follows, requests reach the new model, the gone one's batcher is closed."""
+    """Models come and go through the repository (its owner's rescan): health follows,
+    requests reach the new model, the gone one's batcher is closed."""
     import shutil
 
     from conftest import write_model
@@ -257,12 +257,13 @@ def test_health_and_batchers_follow_the_repository_as_it_changes(model_repositor
     shutil.copytree(model_repository / "digits", tmp_path / "digits")
     repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu")).load()
     with (
-        running_server(repository, rescan=repository.rescan) as (server, port),
+        running_server(repository) as (server, port),
         own_channel(port) as channel,
     ):
         stub = stn_pb2_grpc.StnServiceStub(channel)
         write_model(tmp_path, "other", 1)
-        assert server.rescan()
+        assert not server.rescan()  # the repository is its owner's: SIGHUP does not rescan it
+        repository.rescan()
         deadline = time.monotonic() + WAIT_S
         while health_of(channel, "other") != SERVING and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -272,7 +273,7 @@ def test_health_and_batchers_follow_the_repository_as_it_changes(model_repositor
         assert other in server.path.dispatcher.models()
 
         shutil.rmtree(tmp_path / "other")
-        assert server.rescan()
+        repository.rescan()
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         while health_of(channel, "other") != not_serving and time.monotonic() < deadline:
             time.sleep(0.01)

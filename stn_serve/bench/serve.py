@@ -15,6 +15,10 @@ Measured in one run, on one model:
    each with images/s, p50/p90/p99 latency and CPU per request on each side (`serve_load`);
 3. the ratios against the targets, per request size (`serve_report`).
 
+The server under test serves a repository of its own holding the measured version (its files
+linked, not copied), whose config.pbtxt each setting writes: a model's config.pbtxt wins over the
+server's batching flags, so the settings are made where an exported model's are.
+
 The measuring is torch-free; only the default model (no --repository) needs torch, to export a
 freshly initialised ST-CNN (`default_model`, on the training side).
 """
@@ -28,12 +32,20 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from stn_serve.contract import DEVICES
+from stn_serve.contract import CONFIG_FILE, DEVICES, MODEL_FILE, SPEC_FILE
 
 HELP = (
     "served throughput, latency and CPU over gRPC (1 and 2 server processes, batching on and "
     "off) vs in-process ONNX Runtime and bare gRPC servers"
 )
+
+
+def positive_int(text: str) -> int:
+    """A positive integer."""
+    values = positive_ints(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
+    return values[0]
 
 
 def positive_ints(text: str) -> list[int]:
@@ -106,22 +118,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--instances",
-        type=int,
+        type=positive_int,
         default=2,
         help="the server's ONNX Runtime runs of the model at once (each a batch); on a CPU, "
-        "instances x intra-op threads = cores keeps every core on the model",
+        "instances x intra-op threads = cores keeps every core on the model (written to the "
+        "served model's config.pbtxt, as are the two below)",
     )
     add(
         "--max-batch-size",
-        type=int,
+        type=positive_int,
         default=64,
         help="server's dynamic batching limit when batching is on (off = 1)",
     )
     add(
         "--max-queue-delay-us",
-        type=int,
+        type=positive_int,
         default=2000,
-        help="server's wait for a batch to fill when batching is on",
+        help="server's wait for a batch to fill when batching is on (at least 1: config.pbtxt "
+        "reads 0 as unset)",
     )
     add(
         "--duration-s",
@@ -144,15 +158,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--json", type=Path, default=None, help="also write every figure to this JSON file")
 
 
-def _server_flags(args, batching: bool) -> list[str]:
-    """`stn-serve serve` flags of the server under test."""
+def served_copy(model, scratch: Path) -> Path:
+    """A repository holding only `model`'s version, its files linked: the server under test
+    serves it, with the config.pbtxt `write_setting` writes for each setting."""
+    root = scratch / "served"
+    version = root / model.name / str(model.version)
+    version.mkdir(parents=True)
+    for name in (MODEL_FILE, SPEC_FILE):
+        (version / name).symlink_to((model.directory / name).resolve())
+    return root
+
+
+def write_setting(served: Path, spec, args, batching: bool) -> None:
+    """The served model's config.pbtxt for one setting: batching on (--max-batch-size,
+    --max-queue-delay-us) or off (max batch 1), --instances. The file, not the server's flags,
+    sets them, as it does for an exported model."""
+    from stn_serve.contract.model_config import config_text
+
+    text = config_text(
+        spec,
+        max_batch_size=args.max_batch_size if batching else 1,
+        max_queue_delay_us=args.max_queue_delay_us if batching else None,
+        instances=args.instances,
+    )
+    (served / spec.name / CONFIG_FILE).write_text(text)
+
+
+def _server_flags(args) -> list[str]:
+    """`stn-serve serve` flags of the server under test (its batching is in config.pbtxt)."""
     most = max(args.concurrency)
     flags = {
         "--device": args.device,
         "--intra-op-threads": args.intra_op_threads,
-        "--instances": args.instances,
-        "--max-batch-size": args.max_batch_size if batching else 1,
-        "--max-queue-delay-us": args.max_queue_delay_us if batching else 0,
         "--max-images-per-request": max(64, *args.images_per_request),
         "--max-in-flight": max(128, 2 * most),
         "--max-in-flight-per-model": max(64, 2 * most),
@@ -160,9 +197,9 @@ def _server_flags(args, batching: bool) -> list[str]:
     return [str(part) for flag in flags.items() for part in flag]
 
 
-def measure_served(args, repository: Path, requests: dict, clients) -> list:
-    """Every served setting (see the module's docstring), each server started once and loaded
-    with every request size."""
+def measure_served(args, repository: Path, spec, requests: dict, clients) -> list:
+    """Every served setting (see the module's docstring), each server started once on
+    `repository` (see `served_copy`) and loaded with every request size."""
     from stn_serve.bench import serve_load as sl
 
     load = sl.LoadSettings(
@@ -185,8 +222,8 @@ def measure_served(args, repository: Path, requests: dict, clients) -> list:
         if setting in (sl.BARE_SYNC, sl.BARE_AIO):
             server = sl.bare(setting, processes, answers, threads)
         else:
-            batching = setting == sl.STN_SERVE
-            server = sl.stn_serve(repository, processes, _server_flags(args, batching))
+            write_setting(repository, spec, args, batching=setting == sl.STN_SERVE)
+            server = sl.stn_serve(repository, processes, _server_flags(args))
         with server as running:
             for size, (payload, _) in requests.items():
                 served += sl.measure_load(
@@ -223,13 +260,15 @@ def run(args) -> int:
         requests = {size: serve_load.payloads(model, size) for size in args.images_per_request}
         provider = model.provider
         loaded.unload()
+        copy = served_copy(model, Path(scratch))
         # spawn: a forked child would inherit this process's threads and ONNX Runtime state.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:
-            served = measure_served(args, repository, requests, clients)
+            served = measure_served(args, copy, model.spec, requests, clients)
     ratios = serve_report.compute_ratios(in_process, served)
     setup = (
-        f"stn-serve: max batch {args.max_batch_size}, queue delay {args.max_queue_delay_us} us "
-        f"(batching off: max batch 1), {args.instances} instance(s) of "
+        f"stn-serve (config.pbtxt): max batch {args.max_batch_size}, queue delay "
+        f"{args.max_queue_delay_us} us (batching off: max batch 1), {args.instances} "
+        "instance(s) of "
         f"{args.intra_op_threads or 'default'} intra-op thread(s) per process; load over "
         f"{args.connections} connections at most"
     )

@@ -19,6 +19,7 @@ _EXPORTS = {
     "ClassScore": "results",
     "ModelInfo": "results",
     "Prediction": "results",
+    "VersionState": "results",
 }
 __all__ = list(_EXPORTS)
 

@@ -14,7 +14,7 @@ from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.client.channel import open_channels
 from stn_serve.client.defaults import DEFAULT_MAX_MESSAGE_MB, DEFAULT_TIMEOUT_S
 from stn_serve.client.images import to_images
-from stn_serve.client.results import ClassScore, ModelInfo, Prediction
+from stn_serve.client.results import ClassScore, ModelInfo, Prediction, VersionState
 from stn_serve.client.status import error_from_rpc
 from stn_serve.client.tensors import from_tensor
 from stn_serve.contract import DEFAULT_TOP_K
@@ -174,7 +174,8 @@ class Client:
             raise refused[0]
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
-        """Every model the server holds (the newest version of each)."""
+        """Every model in the server's repository: the newest ready version of each, or for a
+        model with none ready its name and version states."""
         response = self._unary(self._stub().ListModels, stn_pb2.ListModelsRequest(), timeout)
         return [model_info_from(description) for description in response.models]
 
@@ -227,4 +228,12 @@ def model_info_from(description: stn_pb2.ModelDescription) -> ModelInfo:
         num_params=description.num_params,
         execution_provider=description.execution_provider,
         ready=description.ready,
+        states=[
+            VersionState(
+                version=status.version,
+                state=stn_pb2.VersionState.Name(status.state).removeprefix("VERSION_STATE_"),
+                reason=status.reason,
+            )
+            for status in description.version_states
+        ],
     )

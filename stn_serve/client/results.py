@@ -38,8 +38,21 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class VersionState:
+    """A model version's state on the server: "LOADING", "READY", "UNLOADING" or
+    "UNAVAILABLE" (Triton's names), with the reason it is unavailable. Version 0 stands for
+    the model's config.pbtxt when the server refused it."""
+
+    version: int
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class ModelInfo:
-    """A served model version, as `list_models` and `describe` report it."""
+    """A model, as `list_models` and `describe` report it: a ready version (`ready`) with its
+    labels and shapes, or (from `list_models`, for a model with no version ready) its name
+    alone; `states` holds every version the server knows, ready or not."""
 
     name: str
     version: int
@@ -51,3 +64,4 @@ class ModelInfo:
     num_params: int = 0
     execution_provider: str = ""
     ready: bool = False
+    states: list[VersionState] = field(default_factory=list)

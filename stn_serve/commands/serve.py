@@ -3,51 +3,43 @@ reflection) with Prometheus metrics, in one process or several. Runs with torch 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import logging
 
 from stn_serve.commands.formatting import HelpFormatter
-from stn_serve.contract import DEVICES
+from stn_serve.commands.serve_options import (
+    SERVER,
+    model_control_options,
+    number,
+    security_options,
+)
+from stn_serve.contract import CONFIG_FILE, DEVICES
 from stn_serve.runtime.options import GRAPH_OPTIMIZATIONS, RuntimeOptions
-from stn_serve.server.options import PORTS, RANGES, Range, ServerOptions
+from stn_serve.server.options import LOOPBACK, PORTS, RANGES, Range
+
+log = logging.getLogger(__name__)
 
 # The flags' defaults are the options' own: one source for each.
-SERVER = {field.name: field.default for field in dataclasses.fields(ServerOptions)}
 RUNTIME = {field.name: field.default for field in dataclasses.fields(RuntimeOptions)}
 THREADS = Range(0, 1024)  # ONNX Runtime's pools; 0 lets it choose
 METRICS_PORTS = Range(-1, PORTS.high)
 PROCESSES = Range(1, 256)
 
 
-def number(kind: type, allowed: Range):
-    """An argparse type: text -> `kind` (int or float) within `allowed`, else a usage error."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not allowed.holds(value):
-            what = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(
-                f"expected {what} {allowed.describe().removeprefix('a finite number ')}, "
-                f"got {text!r}"
-            )
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in some messages
-    return parse
-
-
 def add_parser(subparsers, parents):
     parser = subparsers.add_parser(
         "serve",
-        parents=parents,
+        parents=[*parents, model_control_options(), security_options()],
         help="serve a model repository over gRPC",
-        description="Serve every model in a model repository over gRPC until SIGTERM/SIGINT "
-        "(which drain it: health NOT_SERVING, --drain-delay-s, then accepted requests finish "
-        "within --grace-s). SIGHUP never stops it: it is logged and ignored (the models are "
-        "loaded once, at start).",
+        description="Serve a Triton-layout model repository (<model>/<version>/model.onnx, "
+        f"<model>/{CONFIG_FILE}) over gRPC until SIGTERM/SIGINT (which drain it: health "
+        "NOT_SERVING, --drain-delay-s, then accepted requests finish within --grace-s). "
+        "SIGHUP never stops it: it rescans the repository with --model-control-mode poll, and "
+        "is logged and ignored otherwise. Each model's config.pbtxt is authoritative where it "
+        "sets a field (max_batch_size, dynamic_batching.max_queue_delay_microseconds, "
+        "instance_group count, version_policy); --max-batch-size, --max-queue-delay-us and "
+        "--instances are the defaults where it does not. Listens on 127.0.0.1 unless --host "
+        "says otherwise (warning when another address is bound without TLS).",
         formatter_class=HelpFormatter,
     )
     add = parser.add_argument
@@ -62,7 +54,12 @@ def add_parser(subparsers, parents):
         default="export",
         help="model repository: <name>/<version>/model.onnx + model.json",
     )
-    add("--host", default="0.0.0.0", help="address the gRPC server binds")
+    add(
+        "--host",
+        default=LOOPBACK,
+        help="address the gRPC server binds; 0.0.0.0 for every interface (with --tls-cert, or "
+        "behind a network you trust)",
+    )
     add(
         "--port",
         type=number(int, PORTS),
@@ -73,7 +70,7 @@ def add_parser(subparsers, parents):
         "--metrics-port",
         type=number(int, METRICS_PORTS),
         default=8002,
-        help="Prometheus /metrics port on the same host; 0 picks a free one, -1 turns it off",
+        help="Prometheus /metrics port on --metrics-host; 0 picks a free one, -1 turns it off",
     )
     add(
         "--processes",
@@ -115,15 +112,20 @@ def add_parser(subparsers, parents):
     server_flag(
         "--instances",
         "ONNX Runtime runs of one model version at once (each a batch); on a CPU, "
-        "processes x instances x --intra-op-threads should not exceed the cores",
+        "processes x instances x --intra-op-threads should not exceed the cores. A model's "
+        f"{CONFIG_FILE} instance_group count wins where it has one (export writes none)",
     )
     server_flag(
         "--max-batch-size",
-        "most images merged into one ONNX Runtime run; 1 turns dynamic batching off",
+        "most images merged into one ONNX Runtime run; 1 turns dynamic batching off. A model's "
+        f"{CONFIG_FILE} max_batch_size wins where it has one (export writes one: edit the file "
+        "to change an exported model's)",
     )
     server_flag(
         "--max-queue-delay-us",
-        "how long the first request of a batch waits for others, in microseconds",
+        "how long the first request of a batch waits for others, in microseconds. A model's "
+        f"{CONFIG_FILE} dynamic_batching.max_queue_delay_microseconds wins where it sets one "
+        "above 0 (export sets none)",
     )
     server_flag(
         "--max-in-flight",
@@ -185,18 +187,45 @@ def add_parser(subparsers, parents):
 
 def run(args) -> int:
     from stn_serve.commands.ports import check_port_free
+    from stn_serve.commands.serve_options import model_control_from, security_from
+    from stn_serve.contract.auth import read_token
+    from stn_serve.errors import InvalidInputError
     from stn_serve.runtime import RuntimeOptions
     from stn_serve.server import ServerOptions, serve, serve_processes
+    from stn_serve.server.options import exposed_in_plaintext
+    from stn_serve.server.tls_files import check_certificate_files
 
-    check_port_free(args.host, args.port, "--port", "bind")
-    if args.metrics_port > 0:
-        check_port_free(args.host, args.metrics_port, "--metrics-port", "serve metrics on")
     flags = {name: value for name, value in vars(args).items() if name in RANGES}
     options = ServerOptions(
         **flags,
+        **security_from(args),
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-        metrics_host=args.host,
+        model_control=model_control_from(args),
     )
+    if args.processes > 1 and options.model_control.mode == "explicit":
+        raise InvalidInputError(
+            "--model-control-mode explicit takes one process: a load or unload request reaches "
+            "only the process whose connection it came on, so the processes would serve "
+            "different models; use --model-control-mode poll (every process follows the "
+            "folder) or --processes 1"
+        )
+    # Refused once here, with what is wrong, rather than by every server process.
+    if options.tls:
+        check_certificate_files(options.tls_cert, options.tls_key, options.tls_client_ca)
+    if options.auth_token_file is not None:
+        read_token(options.auth_token_file)
+    check_port_free(args.host, args.port, "--port", "bind")
+    if args.metrics_port > 0:
+        check_port_free(args.metrics_host, args.metrics_port, "--metrics-port", "serve metrics on")
+    if args.health_port:
+        check_port_free(args.health_host, args.health_port, "--health-port", "answer health on")
+    if exposed_in_plaintext(args.host, options.tls):
+        log.warning(
+            "serving plaintext gRPC beyond this machine: anyone on the network path can read "
+            "and alter requests and answers (and bearer tokens); pass --tls-cert/--tls-key, or "
+            "bind 127.0.0.1",
+            extra={"host": args.host},
+        )
     runtime_options = RuntimeOptions(
         device=args.device,
         intra_op_threads=args.intra_op_threads,

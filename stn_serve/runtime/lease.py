@@ -27,8 +27,15 @@ class LoadedModel:
         with self._changed:
             return self._leases
 
+    @property
+    def retired(self) -> bool:
+        """Whether `retire` has begun: no lease is given any more."""
+        with self._changed:
+            return self._retired
+
     def lease(self) -> Lease | None:
-        """A new lease, or None once the model is being retired."""
+        """A new lease, or None once the model is being retired (the caller picks another
+        version or refuses the request; see `ModelRepository.acquire`)."""
         with self._changed:
             if self._retired:
                 return None

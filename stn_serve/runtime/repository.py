@@ -10,10 +10,16 @@ served versions in line with the folders as they are now; `load_model(name)` and
 - a version that fails to load never replaces one that serves: the policy picks among the
   versions that loaded (a broken newest version leaves the one before it serving);
 - a version that goes away is drained (requests holding a lease on it finish, up to
-  `drain_timeout_s`) and then unloaded;
+  `drain_timeout_s`) and then unloaded; it answers no new request from the moment it starts
+  draining;
+- a change to the batching settings in config.pbtxt (max_batch_size, queue delay, instance
+  counts) reloads the model's versions the same way, so each is warmed up and batched as the
+  file now says;
 - any error while loading or warming one version (ONNX Runtime, MemoryError, a bad model.json or
   folder name) is logged with the path and reason and leaves that version out; the rest is served.
-A version that failed is tried again when its files or the model's config.pbtxt change.
+A version that failed is tried again when its files or the model's batching settings change.
+Listeners (`add_listener`) hear of every change to what answers: when a version stops answering
+(before it drains), when one starts, and when a drained one has been unloaded.
 """
 
 from __future__ import annotations
@@ -137,8 +143,10 @@ class ModelRepository:
                 self._unload(name, reason="unloaded", drain_timeout_s=0)
 
     def add_listener(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(model name)` after a change to which versions of it are ready or to
-        its settings (from the thread that made the change)."""
+        """Call `listener(model name)` after a change to which versions of it answer (a
+        version that starts draining no longer does), to their sessions, or to the model's
+        settings, and once more when a drained version has been unloaded (from the thread that
+        made the change)."""
         self._listeners.append(listener)
 
     # Serving ------------------------------------------------------------------------------------
@@ -148,10 +156,16 @@ class ModelRepository:
 
         Unloading waits for it: release it when the request is answered (`with` does).
         Raises NotFoundError (no such model or version) or NotReadyError (it is loading or
-        being unloaded).
+        being unloaded). A version that begins to retire while it is picked is passed over:
+        version 0 goes to the newest that still answers.
         """
         with self._lock:
-            return self._pick(name, version).loaded.lease()
+            while True:
+                lease = self._pick(name, version).loaded.lease()
+                if lease is not None:
+                    return lease
+                # Retired in between: `ready()` leaves it out from now on, so the next pick
+                # finds another version or raises.
 
     def get(self, name: str, version: int = 0) -> OnnxModel:
         """The ready model `name` at `version`, like `acquire` but without holding it."""
@@ -230,9 +244,9 @@ class ModelRepository:
             return ready[version or max(ready)]
         record = model.versions.get(version) if version else None
         busy = [r for r in ([record] if version else model.versions.values()) if r]
-        if any(r.state in (State.LOADING, State.UNLOADING) for r in busy):
-            what = f"version {version}" if version else "no version ready yet"
-            raise NotReadyError(f"model {name!r}: {what} is loading or unloading; try again")
+        if any(r.state is not State.UNAVAILABLE for r in busy):  # loading or retiring
+            what = f"version {version} is" if version else "its versions are"
+            raise NotReadyError(f"model {name!r}: {what} loading or unloading; try again")
         if version == 0:
             raise NotFoundError(f"model {name!r} has no version loaded")
         raise NotFoundError(
@@ -258,7 +272,7 @@ class ModelRepository:
         model_dir = self.root / name
         with self._lock:
             model = self._models.setdefault(name, ModelRecord())
-        before = (set(model.ready()), model.settings)
+            before = model.served()
         if self._refresh_settings(model, model_dir):
             try:
                 on_disk, skipped = version_folders(model_dir)
@@ -268,7 +282,8 @@ class ModelRepository:
                 )
                 on_disk, skipped = {}, []
             self._report_skipped(skipped, model.skipped)
-            key = {v: (version_signature(d), model.config_signature) for v, d in on_disk.items()}
+            batching = model.settings.batching_key
+            key = {v: (version_signature(d), batching) for v, d in on_disk.items()}
             while True:
                 # A version is a candidate unless it failed with these very files and serves
                 # nothing (one whose reload failed keeps serving what it loaded before).
@@ -276,14 +291,16 @@ class ModelRepository:
                 candidates = [v for v in on_disk if v not in failed or self._serving(model, v)]
                 wanted = model.settings.version_policy.select(candidates)
                 stale = [
-                    v for v in wanted if v not in failed and not self._current(model, v, key[v][0])
+                    v for v in wanted if v not in failed and not self._current(model, v, key[v])
                 ]
                 if not stale:
                     break
                 for v in reversed(stale):
                     self._load_version(model, v, on_disk[v], key[v])
-            self._retire(model, [v for v in model.versions if v not in wanted], set(on_disk))
-        self._notify(name, before != (set(model.ready()), model.settings))
+            self._retire(name, model, [v for v in model.versions if v not in wanted], set(on_disk))
+        with self._lock:
+            after = model.served()
+        self._notify(name, before != after)
 
     def _refresh_settings(self, model: ModelRecord, model_dir: Path) -> bool:
         """Re-read config.pbtxt if it changed; whether the model has usable settings. A file
@@ -312,8 +329,9 @@ class ModelRepository:
         record = model.versions.get(version)
         return record is not None and record.loaded is not None
 
-    def _current(self, model: ModelRecord, version: int, signature: tuple) -> bool:
-        return self._serving(model, version) and model.versions[version].signature == signature
+    def _current(self, model: ModelRecord, version: int, key: tuple) -> bool:
+        """Whether `version` serves a session loaded from these files with these settings."""
+        return self._serving(model, version) and model.versions[version].signature == key
 
     def _options_for(self, settings: ModelSettings) -> RuntimeOptions:
         """The runtime options, warming up at the model's own max_batch_size where it sets one."""
@@ -352,15 +370,17 @@ class ModelRepository:
             )
         with self._lock:
             replaced = record.loaded
-            record.loaded, record.signature = LoadedModel(loaded), key[0]
+            record.loaded, record.signature = LoadedModel(loaded), key
             record.state, record.reason = State.READY, ""
             model.failed.pop(version, None)
             self.failures.pop(directory, None)
         if replaced is not None:
             self._drain(replaced, directory)
 
-    def _retire(self, model: ModelRecord, versions: list[int], on_disk: set[int]) -> None:
-        """Drain and unload `versions`; forget those whose folder is gone."""
+    def _retire(
+        self, name: str, model: ModelRecord, versions: list[int], on_disk: set[int]
+    ) -> None:
+        """Drain and unload `versions` of model `name`; forget those whose folder is gone."""
         draining = []
         with self._lock:
             for v in versions:
@@ -373,6 +393,7 @@ class ModelRepository:
                     del model.versions[v]
                     model.failed.pop(v, None)
                     self.failures.pop(record.directory, None)
+        self._notify(name, bool(draining))  # they answer no more: health before the drain
         for v, record, loaded in draining:
             self._drain(loaded, record.directory)
             with self._lock:
@@ -401,6 +422,7 @@ class ModelRepository:
             for record, _ in draining:
                 record.state, record.loaded = State.UNLOADING, None
             before = bool(model.ready()) or bool(draining)
+        self._notify(name, bool(draining))  # they answer no more: health before the drain
         for record, loaded in draining:
             self._drain(loaded, record.directory, drain_timeout_s)
             with self._lock:

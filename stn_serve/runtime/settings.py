@@ -4,7 +4,8 @@
 `ModelConfig` message (generated from protos/inference/model_config.proto, so tritonclient is not
 needed) and returns a `ModelSettings`, which callers use without protobuf. What stn-serve follows:
 `max_batch_size`, `dynamic_batching.max_queue_delay_microseconds`, the `instance_group` counts and
-`version_policy`; each overrides the server's flag for this model when the file sets it. Any other
+`version_policy`; each overrides the server's flag for this model when the file sets it (a value
+of 0, which proto3 cannot tell from an absent one, leaves the flag in force). Any other
 field the file sets is named in `ModelSettings.ignored` and logged once, when the file is read.
 A model folder without the file gets `ModelSettings()`: the flags, and every version served.
 """
@@ -124,6 +125,12 @@ class ModelSettings:
     text: str = ""
     ignored: tuple[str, ...] = ()
 
+    @property
+    def batching_key(self) -> tuple:
+        """The fields a loaded version is warmed up and batched by; a change to any of them
+        reloads the model's versions (as Triton reloads a model whose configuration changed)."""
+        return self.max_batch_size, self.max_queue_delay_us, self.instances
+
     def batching(self, defaults: Batching) -> Batching:
         """`defaults` (the server's flags) with what this file sets in their place."""
         given = {
@@ -194,11 +201,8 @@ def read_settings(model_dir: Path) -> ModelSettings:
     settings = ModelSettings(
         # 0 (or absent) leaves it to the server, as Triton's auto-complete fills it in.
         max_batch_size=config.max_batch_size or None,
-        max_queue_delay_us=(
-            config.dynamic_batching.max_queue_delay_microseconds
-            if config.HasField("dynamic_batching")
-            else None
-        ),
+        # 0 is also what an empty `dynamic_batching { }` reads as: the server's flag.
+        max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds or None,
         instances=sum(max(group.count, 1) for group in config.instance_group) or None,
         version_policy=_version_policy(config, path),
         declared={t.name: tuple(t.dims) for t in [*config.input, *config.output]},

@@ -39,7 +39,10 @@ class VersionRecord:
         self.state = State.LOADING
         self.reason = ""
         self.loaded: LoadedModel | None = None
-        self.signature: tuple | None = None  # of the files `loaded` came from
+        self.signature: tuple | None = None  # of the files and settings `loaded` came from
+
+    def answers(self) -> bool:
+        return self.state is State.READY and self.loaded is not None and not self.loaded.retired
 
 
 class ModelRecord:
@@ -51,8 +54,14 @@ class ModelRecord:
         self.config_error = ""  # why the current config.pbtxt was refused
         self.config_signature: object = ()  # () = never read
         self.versions: dict[int, VersionRecord] = {}
-        self.failed: dict[int, tuple] = {}  # version -> (files, config) signature that failed
+        self.failed: dict[int, tuple] = {}  # version -> (files, batching) signature that failed
         self.skipped: set[Path] = set()  # folders already reported as left out
 
     def ready(self) -> dict[int, VersionRecord]:
-        return {v: r for v, r in self.versions.items() if r.state is State.READY}
+        """The versions that answer: READY, with a session that still takes leases."""
+        return {v: r for v, r in self.versions.items() if r.answers()}
+
+    def served(self) -> tuple[frozenset[LoadedModel], ModelSettings]:
+        """What the server's view of this model depends on: the sessions that answer and the
+        settings (a listener hears of a change to either)."""
+        return frozenset(r.loaded for r in self.ready().values()), self.settings

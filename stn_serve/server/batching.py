@@ -25,11 +25,12 @@ import functools
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from stn_serve.errors import DeadlineExceededError
+from stn_serve.errors import DeadlineExceededError, NotReadyError
 from stn_serve.runtime import Batching, OnnxModel
 
 
@@ -48,11 +49,13 @@ class Batcher:
         self,
         model: OnnxModel,
         metrics,
+        statistics,
         max_batch_size: int,
         max_queue_delay_us: int,
         instances: int = 1,
     ):
         self.model = model
+        self._statistics = statistics  # the Open Inference Protocol's, per version
         self.instances = instances
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_us / 1e6
@@ -174,7 +177,7 @@ class Batcher:
             return
         images = live[0].images if len(live) == 1 else np.concatenate([p.images for p in live])
         self._free -= 1
-        self._runs.put((images, functools.partial(self._finished, live)))
+        self._runs.put((images, functools.partial(self._finished, live, now)))
 
     def _runner(self) -> None:
         """An instance's thread: run batches until told to stop (None); each run's time and
@@ -189,7 +192,9 @@ class Batcher:
             seconds = time.perf_counter() - start
             self._loop.call_soon_threadsafe(on_done, len(images), seconds, outputs, error)
 
-    def _finished(self, live: list[Pending], images: int, seconds: float, outputs, error) -> None:
+    def _finished(
+        self, live: list[Pending], started: float, images: int, seconds: float, outputs, error
+    ) -> None:
         """On the loop: hand each request its slice of the run's outputs (or its error)."""
         self._free += 1
         self._changed.set()
@@ -200,6 +205,13 @@ class Batcher:
             return
         self._inference_time.observe(seconds)
         self._batch_size.observe(images)
+        self._statistics.record_execution(
+            self.model.name,
+            self.model.version,
+            batch_size=images,
+            compute_infer_ns=int(seconds * 1e9),
+            queue_ns=[int((started - pending.enqueued) * 1e9) for pending in live],
+        )
         offset = 0
         for pending in live:
             end = offset + len(pending.images)
@@ -210,11 +222,18 @@ class Batcher:
             offset = end
 
     async def close(self) -> None:
-        """Stop gathering, wait for the runs in progress and stop the threads (the server has
-        stopped taking requests by now, so the queue is empty)."""
+        """Stop gathering, wait for the runs in progress and stop the threads. The server has
+        stopped taking requests for the model by now (it stopped, or the version was drained);
+        a request still queued, one that outlived the drain's timeout, is refused."""
         self._gathering.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._gathering
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(
+                    NotReadyError(f"model {self.model.name} version {self.model.version} unloaded")
+                )
+        self._queue.clear()
         while self._free < self.instances:
             await self._wait_for_change()
         for _ in range(self.instances):
@@ -223,21 +242,26 @@ class Batcher:
 
 class Dispatcher:
     """One `Batcher` per loaded model version, created on first use on the server's event loop,
-    each batching as `batching` says. Keyed by the model object, so a version that is reloaded
-    gets a batcher of its own."""
+    each batching as `batching_of(model)` says (the model's config.pbtxt over the server's
+    flags). Keyed by the model object, so a version that is reloaded (new files, new batching
+    settings) gets a batcher of its own."""
 
-    def __init__(self, metrics, batching: Batching):
+    def __init__(self, metrics, statistics, batching_of: Callable[[OnnxModel], Batching]):
         self._metrics = metrics
-        self._batching = batching
+        self._statistics = statistics
+        self._batching_of = batching_of
         self._batchers: dict[OnnxModel, Batcher] = {}
 
     def batcher(self, model: OnnxModel) -> Batcher:
         batcher = self._batchers.get(model)
         if batcher is None:
-            batching = self._batching
+            if not model.ready:  # unloaded under a request that outlived the drain
+                raise NotReadyError(f"model {model.name} version {model.version} unloaded")
+            batching = self._batching_of(model)
             batcher = Batcher(
                 model,
                 self._metrics,
+                self._statistics,
                 batching.max_batch_size,
                 batching.max_queue_delay_us,
                 batching.instances,

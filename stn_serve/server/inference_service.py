@@ -1,6 +1,7 @@
 """`inference.GRPCInferenceService` (Open Inference Protocol / KServe v2, as Triton serves it):
 converts between its messages and arrays (`InferenceCodec`); the request path
-(`stn_serve.server.request_path`) does the rest."""
+(`stn_serve.server.request_path`) does the rest. The model repository extension, ModelConfig
+and ModelStatistics are answered by `stn_serve.server.repository_service`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import stn_serve
 from stn_serve._proto.inference import grpc_service_pb2 as pb
 from stn_serve._proto.inference import grpc_service_pb2_grpc
 from stn_serve.contract import INPUT_NAME, OUTPUT_NAMES, parse_version
-from stn_serve.errors import InvalidInputError, NotFoundError
+from stn_serve.errors import InvalidInputError, NotFoundError, NotReadyError
 from stn_serve.server.images import check_count, check_pixels
 from stn_serve.server.status import Call, answered, clip, counted, deadline_of
 from stn_serve.server.streams import answer_stream
@@ -124,25 +125,50 @@ class InferenceCodec:
         return response
 
 
+def _repository_rpc(method: str, handler: str, blocking: bool = False):
+    """An RPC of the servicer answered by its `repository_service.<handler>(request)` under
+    the status mapping of every RPC. Loading, unloading (which drains) and listing the folder
+    block: they run in a thread (`blocking`), so that the event loop goes on serving, the
+    requests being drained included."""
+
+    async def rpc(self, request, context):
+        answer = getattr(self.repository_service, handler)
+
+        async def work(call):
+            return await asyncio.to_thread(answer, request) if blocking else answer(request)
+
+        return await answered(context, self.metrics, method, work)
+
+    rpc.__name__ = method
+    return rpc
+
+
 class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, path, metrics, max_images_per_request: int, stream_limits, state):
+    def __init__(
+        self, path, metrics, max_images_per_request: int, stream_limits, state, repository_service
+    ):
         self.path = path
         self.metrics = metrics
         self.codec = InferenceCodec(max_images_per_request)
         self.stream_limits = stream_limits
         self.state = state  # has `.serving`: False once shutdown begins
+        self.repository_service = repository_service
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.state.serving and self.path.repository.ready)
+        """Ready while serving with a model ready; in explicit model control, which may start
+        with none loaded (as Triton's), while serving."""
+        explicit = self.repository_service.control.mode == "explicit"
+        ready = self.state.serving and (explicit or self.path.repository.ready)
+        return pb.ServerReadyResponse(ready=ready)
 
     async def ModelReady(self, request, context):
         async def readiness(call):
             try:
                 model = self.path.model(request.name, requested_version(request.version))
-            except NotFoundError:
+            except (NotFoundError, NotReadyError):  # unknown, loading or draining
                 return pb.ModelReadyResponse(ready=False)
             call.model = model.name
             return pb.ModelReadyResponse(ready=self.state.serving and model.ready)
@@ -198,3 +224,10 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             return pb.ModelStreamInferResponse(infer_response=response)
 
         await answer_stream(context, start, finish, self.stream_limits)
+
+    # The repository extension, ModelConfig and ModelStatistics, answered by RepositoryService.
+    RepositoryIndex = _repository_rpc("RepositoryIndex", "repository_index", blocking=True)
+    RepositoryModelLoad = _repository_rpc("RepositoryModelLoad", "load", blocking=True)
+    RepositoryModelUnload = _repository_rpc("RepositoryModelUnload", "unload", blocking=True)
+    ModelConfig = _repository_rpc("ModelConfig", "model_config")
+    ModelStatistics = _repository_rpc("ModelStatistics", "model_statistics")

@@ -3,15 +3,49 @@ what it protects against. README's "Serve" section lists them with their default
 
 from __future__ import annotations
 
+import ipaddress
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from stn_serve.contract.model_config import (
+    DEFAULT_INSTANCES,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+)
 from stn_serve.errors import InvalidInputError
+from stn_serve.runtime.options import ModelControlOptions
+
+#: Where a server listens unless told otherwise: this machine only (see `ServerOptions`).
+LOOPBACK = "127.0.0.1"
+
+
+def grpc_address(host: str, port: int) -> str:
+    """`host:port` as gRPC takes it (IPv6 hosts in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or "localhost") is this machine's loopback; a name that
+    would need resolving is taken as not."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return (mapped or address).is_loopback
+
+
+def exposed_in_plaintext(host: str, tls: bool) -> bool:
+    """Whether a server bound to `host` would serve without TLS beyond this machine."""
+    return not tls and not is_loopback(host)
 
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """Batching:
+    """Batching (defaults: a model's config.pbtxt overrides each where it sets it):
     max_batch_size: most images merged into one ONNX Runtime run; 1 turns batching off.
     max_queue_delay_us: how long the first request of a batch waits for others to join it.
     instances: ONNX Runtime runs of one model version that may go on at once.
@@ -47,12 +81,27 @@ class ServerOptions:
     grace_s: then accepted requests get this long to finish.
 
     metrics_port: port of the Prometheus endpoint; 0 picks a free one, None serves none.
-    metrics_host: address the Prometheus endpoint binds.
+    metrics_host: address the Prometheus endpoint binds (loopback: metrics name the models and
+        their traffic, for whoever can reach the port).
+
+    Transport security and access (`stn_serve.server.security`):
+    tls_cert, tls_key: PEM certificate chain and its unencrypted key: the gRPC port serves TLS
+        (without them, plaintext: anyone on the path reads and alters requests and answers).
+    tls_client_ca: PEM CA certificates: clients must present a certificate one of them signed
+        (mutual TLS), so that only holders of such a certificate connect at all.
+    auth_token_file: a file holding a bearer token every call must send, except health checks
+        (probes and load balancers cannot send one); without TLS the token travels in the clear.
+    reflection: serve gRPC server reflection (lets anyone who connects list the services).
+    health_port, health_host: a second, plaintext port answering health Check only (None: no
+        such port), for probes that cannot speak TLS; bind it to the pod's own address.
+
+    model_control: what loads at start and what may change the served models afterwards
+        (Triton's model control: none, poll, explicit).
     """
 
-    max_batch_size: int = 32
-    max_queue_delay_us: int = 2000
-    instances: int = 1
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
+    instances: int = DEFAULT_INSTANCES
     max_in_flight: int = 128
     max_in_flight_per_model: int = 64
     max_images_per_request: int = 64
@@ -71,13 +120,35 @@ class ServerOptions:
     drain_delay_s: float = 0.0
     grace_s: float = 10.0
     metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = LOOPBACK
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_token_file: str | None = None
+    reflection: bool = True
+    health_port: int | None = None
+    health_host: str = LOOPBACK
+    model_control: ModelControlOptions = field(default_factory=ModelControlOptions)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     def __post_init__(self):
         for name, allowed in RANGES.items():
             allowed.check(name, getattr(self, name))
-        if self.metrics_port is not None:
-            PORTS.check("metrics_port", self.metrics_port)
+        for name in ("metrics_port", "health_port"):
+            if getattr(self, name) is not None:
+                PORTS.check(name, getattr(self, name))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInputError(
+                "TLS needs both a certificate and its key (--tls-cert, --tls-key)"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidInputError(
+                "mutual TLS (--tls-client-ca) needs the server's own certificate and key "
+                "(--tls-cert, --tls-key)"
+            )
         if self.max_in_flight_per_model > self.max_in_flight:
             raise InvalidInputError(
                 f"max_in_flight_per_model ({self.max_in_flight_per_model}) must not exceed "

@@ -1,17 +1,18 @@
 """`serve --processes N`: N server processes on one port, for request handling on several cores.
 
 The pattern of the grpc repository's `examples/python/multiprocessing`: this process reserves the
-port with SO_REUSEPORT and starts N workers (spawned: fresh interpreters, so none inherits a gRPC
-object, a thread or a lock), each binding the same port with SO_REUSEPORT and running a whole
-server of its own (its ONNX Runtime sessions, batcher, limits). The kernel spreads incoming
-connections, not requests, over the workers; clients that open several connections
-(`Client(..., channels=N)`) spread their requests too.
+port (and the plaintext health port, if any) with SO_REUSEPORT and starts N workers (spawned:
+fresh interpreters, so none inherits a gRPC object, a thread or a lock), each binding the same
+ports with SO_REUSEPORT and running a whole server of its own (its ONNX Runtime sessions,
+batcher, limits, TLS, token check and model control: in poll mode each follows the folder on its
+own). The kernel spreads incoming connections, not requests, over the workers; clients that open
+several connections (`Client(..., channels=N)`) spread their requests too.
 
 This process stays light: it serves one Prometheus endpoint summing every worker's metrics
 (prometheus_client's multiprocess mode, through files in PROMETHEUS_MULTIPROC_DIR), forwards
-SIGTERM, SIGINT and SIGHUP to the workers, restarts a worker that dies (logged), and exits once
-every worker has drained. A worker that fails before it serves (a model that does not load, a
-port that is taken) stops them all.
+SIGTERM, SIGINT and SIGHUP (a rescan in each, in poll mode) to the workers, restarts a worker
+that dies (logged), and exits once every worker has drained. A worker that fails before it
+serves (a model that does not load, a port that is taken) stops them all.
 """
 
 from __future__ import annotations
@@ -99,13 +100,19 @@ def serve_processes(count: int, repository, host: str, port: int, options, runti
 
     context = multiprocessing.get_context("spawn")
     log_level = logging.getLevelName(logging.getLogger().level)
+    health = (
+        contextlib.nullcontext()
+        if options.health_port is None
+        else reserved_port(options.health_host, options.health_port)
+    )
     with (
         queued_signals() as signals,
         tempfile.TemporaryDirectory(prefix="stn-serve-metrics-") as metrics_dir,
         reserved_port(host, port) as bound,
+        health as health_port,
     ):
         os.environ[MULTIPROCESS_DIR] = metrics_dir  # the workers inherit it
-        worker_options = dataclasses.replace(options, metrics_port=None)
+        worker_options = dataclasses.replace(options, metrics_port=None, health_port=health_port)
 
         def start() -> _Slot:
             ready = context.Event()
@@ -137,8 +144,10 @@ def serve_processes(count: int, repository, host: str, port: int, options, runti
             log.info(
                 "serving",
                 extra={
+                    "host": host,
                     "port": bound,
                     "metrics_port": http.server_port if http else None,
+                    "health_port": health_port,
                     "processes": count,
                     "pids": [slot.process.pid for slot in slots],
                 },

@@ -37,18 +37,11 @@ def statistics_message(name: str, version: int, counts: VersionCounts) -> pb.Mod
             success=_duration(counts.success),
             fail=_duration(counts.fail),
             queue=_duration(counts.queue),
-            compute_input=_duration(counts.compute_input),
             compute_infer=_duration(counts.compute_infer),
-            compute_output=_duration(counts.compute_output),
         ),
         batch_stats=[
-            pb.InferBatchStatistics(
-                batch_size=size,
-                compute_input=_duration(batch.compute_input),
-                compute_infer=_duration(batch.compute_infer),
-                compute_output=_duration(batch.compute_output),
-            )
-            for size, batch in sorted(counts.batches.items())
+            pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(duration))
+            for size, duration in sorted(counts.batches.items())
         ],
     )
 

@@ -43,11 +43,12 @@ class Codec(Protocol):
 
 
 class RequestPath:
-    def __init__(self, repository, admission, dispatcher, decoder):
+    def __init__(self, repository, admission, dispatcher, decoder, statistics):
         self.repository = repository
         self.admission = admission
         self.dispatcher = dispatcher
         self.decoder = decoder
+        self.statistics = statistics  # the Open Inference Protocol's per-version statistics
 
     def _named(self, name: str) -> str:
         """`name` if a model may have it; a name no model can have is refused without being
@@ -67,8 +68,9 @@ class RequestPath:
         name, version = codec.target(request)
         with self.repository.acquire(self._named(name), version) as model:
             call.model = model.name
-            settings = codec.settings(request, model)
-            outputs = await self._outputs(codec, request, model, call)
+            with self.statistics.request(model):
+                settings = codec.settings(request, model)
+                outputs = await self._outputs(codec, request, model, call)
         return codec.response(request, model, settings, outputs)
 
     async def _outputs(self, codec: Codec, request, model: OnnxModel, call: Call):

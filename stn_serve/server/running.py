@@ -1,6 +1,6 @@
 """Running one server process until it is told to stop: SIGTERM and SIGINT drain it (see
-`StnServer.drain`); SIGHUP runs the server's rescan where it was given one, and is otherwise
-logged and ignored."""
+`StnServer.drain`); SIGHUP rescans the model repository in poll mode, and is otherwise logged and
+ignored."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ import os
 import signal
 
 from stn_serve.server.app import create_server
+from stn_serve.server.options import grpc_address
 from stn_serve.server.signals import log_shutdown, queued_signals
 
 log = logging.getLogger(__name__)
-
-
-def grpc_address(host: str, port: int) -> str:
-    """`host:port` as gRPC takes it (IPv6 hosts in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def serve(
@@ -45,7 +41,13 @@ def serve(
             server.start()
             log.info(
                 "serving",
-                extra={"port": bound, "metrics_port": server.metrics_port, "pid": os.getpid()},
+                extra={
+                    "host": host,
+                    "port": bound,
+                    "metrics_port": server.metrics_port,
+                    "health_port": server.health_port,
+                    "pid": os.getpid(),
+                },
             )
             if on_serving is not None:
                 on_serving()
@@ -61,13 +63,12 @@ def serve(
 
 
 def rescan(server) -> None:
-    """SIGHUP: the server's rescan, where it has one; never stop serving over it."""
-    try:
-        rescanned = server.rescan()
-    except Exception:
-        log.exception("SIGHUP: rescanning the repository failed; serving the models as they were")
-        return
-    if rescanned:
-        log.info("SIGHUP: repository rescanned", extra={"models": server.repository.names()})
+    """SIGHUP: a rescan of the repository in poll mode (the poll thread runs it at once)."""
+    mode = server.control.mode
+    if server.rescan():
+        log.info("SIGHUP: rescanning the repository", extra={"model_control": mode})
     else:
-        log.info("SIGHUP ignored: the models were loaded at start and nothing rescans them")
+        log.info(
+            "SIGHUP ignored: only model control mode 'poll' rescans the repository",
+            extra={"model_control": mode},
+        )

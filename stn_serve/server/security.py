@@ -1,12 +1,13 @@
 """Transport security for the gRPC server: TLS and mutual TLS from PEM files, and bearer tokens.
 
 - `server_credentials(cert, key, client_ca=None)`: credentials for `add_secure_port`. The files
-  are checked first with Python's `ssl` module, so a bad one is named with what is wrong (gRPC
-  itself only fails handshakes later). With `client_ca`, clients must present a certificate that
-  this CA signed (mutual TLS). The files are watched: when they change (a Kubernetes Secret or
-  cert-manager renewing them), new connections get the new certificate, once it checks out.
-- `TokenAuthInterceptor` / `AsyncTokenAuthInterceptor` (for `grpc.server` and `grpc.aio.server`),
-  with the token from `stn_serve.contract.auth.read_token(path)`: every call must carry
+  are checked first (`stn_serve.server.tls_files`), so a bad one is named with what is wrong
+  (gRPC itself only fails handshakes later). With `client_ca`, clients must present a
+  certificate that this CA signed (mutual TLS). The files are watched: when they change (a
+  Kubernetes Secret or cert-manager renewing them), new connections get the new certificate,
+  once it checks out.
+- `TokenAuthInterceptor` (for `grpc.aio.server`), with the token from
+  `stn_serve.contract.auth.read_token(path)`: every call must carry
   `authorization: Bearer <token>`, compared in constant time, or is answered UNAUTHENTICATED
   before any handler runs; health checks stay open so that probes work without the token.
 """
@@ -17,14 +18,13 @@ import hashlib
 import hmac
 import logging
 import os
-import ssl
 import threading
 from pathlib import Path
 
 import grpc
 
 from stn_serve.contract.auth import AUTHORIZATION, BEARER, authorization_value
-from stn_serve.errors import InvalidInputError
+from stn_serve.server.tls_files import check_certificate_files
 
 log = logging.getLogger(__name__)
 
@@ -33,56 +33,6 @@ OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Healt
 UNAUTHENTICATED_MESSAGE = (
     f"missing or wrong bearer token: send '{AUTHORIZATION}: {authorization_value('<token>')}'"
 )
-
-
-class _EncryptedKey(Exception):
-    """Raised by the password callback: the key needs a passphrase the server does not have."""
-
-
-def _no_passphrase():
-    raise _EncryptedKey
-
-
-def _read_pem(path: Path, what: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise InvalidInputError(f"cannot read the {what} {path}: {error.strerror}") from None
-    if b"-----BEGIN " not in data:
-        raise InvalidInputError(f"the {what} {path} is not PEM (no '-----BEGIN ...' block)")
-    return data
-
-
-def check_certificate_files(cert: Path, key: Path, client_ca: Path | None = None) -> None:
-    """Raise InvalidInputError naming the file and the problem unless `cert` is a PEM
-    certificate chain, `key` its unencrypted private key, and `client_ca` (if given) holds CA
-    certificates."""
-    _read_pem(cert, "TLS certificate")
-    _read_pem(key, "TLS private key")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(cert, key, password=_no_passphrase)
-    except _EncryptedKey:
-        raise InvalidInputError(
-            f"the TLS private key {key} is encrypted; give the server an unencrypted key"
-        ) from None
-    except ssl.SSLError as error:
-        if "KEY_VALUES_MISMATCH" in str(error):
-            raise InvalidInputError(
-                f"the TLS private key {key} does not belong to the certificate {cert}"
-            ) from None
-        raise InvalidInputError(
-            f"cannot use the TLS certificate {cert} with the key {key}: {error.reason or error}"
-        ) from None
-    if client_ca is not None:
-        _read_pem(client_ca, "client CA file")
-        try:
-            context.load_verify_locations(cafile=client_ca)
-        except ssl.SSLError as error:
-            raise InvalidInputError(
-                f"the client CA file {client_ca} holds no usable CA certificate: "
-                f"{error.reason or error}"
-            ) from None
 
 
 def _configuration(cert: Path, key: Path, client_ca: Path | None):
@@ -185,30 +135,11 @@ def _refusal(handler: grpc.RpcMethodHandler | None, deny) -> grpc.RpcMethodHandl
     return make(deny)
 
 
-def _deny(request, context):
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
-
-
-async def _deny_async(request, context):
+async def _deny(request, context):
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
-    """Bearer-token authentication for `grpc.server(..., interceptors=[...])`."""
-
-    def __init__(self, token: str, open_methods: frozenset[str] = OPEN_METHODS):
-        self._check = _TokenCheck(token, open_methods)
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if self._check.allows(
-            handler_call_details.method, handler_call_details.invocation_metadata
-        ):
-            return handler
-        return _refusal(handler, _deny)
-
-
-class AsyncTokenAuthInterceptor(grpc.aio.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Bearer-token authentication for `grpc.aio.server(..., interceptors=[...])`."""
 
     def __init__(self, token: str, open_methods: frozenset[str] = OPEN_METHODS):
@@ -220,4 +151,4 @@ class AsyncTokenAuthInterceptor(grpc.aio.ServerInterceptor):
             handler_call_details.method, handler_call_details.invocation_metadata
         ):
             return handler
-        return _refusal(handler, _deny_async)
+        return _refusal(handler, _deny)

@@ -9,8 +9,9 @@ import numpy as np
 
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
 from stn_serve.contract import DEFAULT_TOP_K
-from stn_serve.errors import InvalidInputError
+from stn_serve.errors import InvalidInputError, NotFoundError, NotReadyError
 from stn_serve.imaging import DecodeControl, decode_encoded, encode_png
+from stn_serve.runtime import State
 from stn_serve.server.images import check_count, decode_raw
 from stn_serve.server.status import Call, answered, deadline_of
 from stn_serve.server.streams import answer_stream
@@ -81,12 +82,31 @@ def one_by_one(images, shape: tuple[int, int, int], control: DecodeControl | Non
     return np.stack([image_array(image, shape, i, control) for i, image in enumerate(images)])
 
 
-def describe(model, versions: list[int]) -> stn_pb2.ModelDescription:
+STATES = {
+    State.LOADING: stn_pb2.VERSION_STATE_LOADING,
+    State.READY: stn_pb2.VERSION_STATE_READY,
+    State.UNLOADING: stn_pb2.VERSION_STATE_UNLOADING,
+    State.UNAVAILABLE: stn_pb2.VERSION_STATE_UNAVAILABLE,
+}
+
+
+def version_states(repository, name: str) -> list[stn_pb2.VersionStatus]:
+    """The state of every version of model `name` the repository knows."""
+    return [
+        stn_pb2.VersionStatus(
+            version=status.version, state=STATES[status.state], reason=status.reason
+        )
+        for status in repository.status(name)
+    ]
+
+
+def describe(model, repository) -> stn_pb2.ModelDescription:
+    """A ready model version, with the ready versions and the states of every version."""
     spec = model.spec
     return stn_pb2.ModelDescription(
         name=spec.name,
         version=spec.version,
-        versions=versions,
+        versions=repository.versions(spec.name),
         labels=spec.labels,
         input_shape=spec.input_shape,
         crop_shape=spec.crop_shape,
@@ -94,7 +114,22 @@ def describe(model, versions: list[int]) -> stn_pb2.ModelDescription:
         num_params=spec.num_params,
         execution_provider=model.provider or "",
         ready=model.ready,
+        version_states=version_states(repository, spec.name),
     )
+
+
+def list_models(repository) -> stn_pb2.ListModelsResponse:
+    """Every model in the repository: those with a ready version described by the newest, the
+    others by their name and version states alone. Lists the repository's folder."""
+    found = []
+    for name in repository.model_names():
+        try:
+            found.append(describe(repository.get(name), repository))
+        except (NotFoundError, NotReadyError):
+            found.append(
+                stn_pb2.ModelDescription(name=name, version_states=version_states(repository, name))
+            )
+    return stn_pb2.ListModelsResponse(models=found)
 
 
 def response_for(
@@ -192,13 +227,7 @@ class StnServicer(stn_pb2_grpc.StnServiceServicer):
 
     async def ListModels(self, request, context):
         async def models(call):
-            repository = self.path.repository
-            return stn_pb2.ListModelsResponse(
-                models=[
-                    describe(repository.get(name), repository.versions(name))
-                    for name in repository.names()
-                ]
-            )
+            return await asyncio.to_thread(list_models, self.path.repository)
 
         return await answered(context, self.metrics, "ListModels", models)
 
@@ -206,6 +235,6 @@ class StnServicer(stn_pb2_grpc.StnServiceServicer):
         async def description(call):
             model = self.path.model(request.model, request.version)
             call.model = model.name
-            return describe(model, self.path.repository.versions(model.name))
+            return describe(model, self.path.repository)
 
         return await answered(context, self.metrics, "DescribeModel", description)

@@ -12,9 +12,22 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_TYPE_UNSPECIFIED: _ClassVar[DataType]
     DATA_TYPE_UINT8: _ClassVar[DataType]
     DATA_TYPE_FLOAT32: _ClassVar[DataType]
+
+class VersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERSION_STATE_UNSPECIFIED: _ClassVar[VersionState]
+    VERSION_STATE_LOADING: _ClassVar[VersionState]
+    VERSION_STATE_READY: _ClassVar[VersionState]
+    VERSION_STATE_UNLOADING: _ClassVar[VersionState]
+    VERSION_STATE_UNAVAILABLE: _ClassVar[VersionState]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_UINT8: DataType
 DATA_TYPE_FLOAT32: DataType
+VERSION_STATE_UNSPECIFIED: VersionState
+VERSION_STATE_LOADING: VersionState
+VERSION_STATE_READY: VersionState
+VERSION_STATE_UNLOADING: VersionState
+VERSION_STATE_UNAVAILABLE: VersionState
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -103,7 +116,7 @@ class DescribeModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ModelDescription(_message.Message):
-    __slots__ = ("name", "version", "versions", "labels", "input_shape", "crop_shape", "transform", "num_params", "execution_provider", "ready")
+    __slots__ = ("name", "version", "versions", "labels", "input_shape", "crop_shape", "transform", "num_params", "execution_provider", "ready", "version_states")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +127,7 @@ class ModelDescription(_message.Message):
     NUM_PARAMS_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_STATES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
@@ -124,4 +138,15 @@ class ModelDescription(_message.Message):
     num_params: int
     execution_provider: str
     ready: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., crop_shape: _Optional[_Iterable[int]] = ..., transform: _Optional[str] = ..., num_params: _Optional[int] = ..., execution_provider: _Optional[str] = ..., ready: _Optional[bool] = ...) -> None: ...
+    version_states: _containers.RepeatedCompositeFieldContainer[VersionStatus]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., crop_shape: _Optional[_Iterable[int]] = ..., transform: _Optional[str] = ..., num_params: _Optional[int] = ..., execution_provider: _Optional[str] = ..., ready: _Optional[bool] = ..., version_states: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ...) -> None: ...
+
+class VersionStatus(_message.Message):
+    __slots__ = ("version", "state", "reason")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    state: VersionState
+    reason: str
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -74,13 +74,16 @@ class StnServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every model in the repository, ready or not, each with the state of every version.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DescribeModel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One ready model version (NOT_FOUND or UNAVAILABLE when it does not answer), with the state
+        of every version of the model.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
