@@ -15,7 +15,7 @@ from stn_serve.data.warps import (
     homography_from_corners,
     identity_grid,
     projective_grid,
-    similarity_theta,
+    similarity_matrix,
 )
 from stn_serve.errors import InvalidInputError
 
@@ -76,10 +76,10 @@ def test_chunks_cover_every_image(monkeypatch, kind):
 
 def test_rotation_by_quarter_turn_is_rot90():
     images = blobs(2)
-    theta = similarity_theta(
+    matrix = similarity_matrix(
         torch.full((2,), math.pi / 2), torch.ones(2), torch.zeros(2, 2), (28, 28), (28, 28)
     )
-    out = affine_warp(images, theta, (28, 28))
+    out = affine_warp(images, matrix, (28, 28))
     assert torch.allclose(out, torch.rot90(images, k=1, dims=(2, 3)), atol=1e-5) or torch.allclose(
         out, torch.rot90(images, k=-1, dims=(2, 3)), atol=1e-5
     )
@@ -87,10 +87,10 @@ def test_rotation_by_quarter_turn_is_rot90():
 
 def test_integer_shift_places_image_exactly_in_canvas():
     images = blobs(1)
-    theta = similarity_theta(
+    matrix = similarity_matrix(
         torch.zeros(1), torch.ones(1), torch.tensor([[3.0, -5.0]]), (28, 28), (42, 42)
     )
-    out = affine_warp(images, theta, (42, 42))
+    out = affine_warp(images, matrix, (42, 42))
     expected = torch.zeros(1, 1, 42, 42)
     expected[..., 7 - 5 : 7 - 5 + 28, 7 + 3 : 7 + 3 + 28] = images  # centred at +7, then shifted
     assert torch.allclose(out, expected, atol=1e-5)
@@ -99,10 +99,10 @@ def test_integer_shift_places_image_exactly_in_canvas():
 def test_scale_shrinks_ink_area():
     images = torch.zeros(1, 1, 28, 28)
     images[..., 4:24, 4:24] = 1.0
-    theta = similarity_theta(
+    matrix = similarity_matrix(
         torch.zeros(1), torch.full((1,), 0.5), torch.zeros(1, 2), (28, 28), (28, 28)
     )
-    out = affine_warp(images, theta, (28, 28))
+    out = affine_warp(images, matrix, (28, 28))
     assert out.sum().item() == pytest.approx(images.sum().item() * 0.25, rel=0.02)
 
 

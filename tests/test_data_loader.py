@@ -23,8 +23,8 @@ def test_epochs_redistort_with_base_seed_plus_epoch():
     assert torch.equal(dataset.images, distort(split.images, "RTS", 103))
     dataset.set_epoch(0)
     assert torch.equal(dataset.images, distort(split.images, "RTS", 100))
-    image, label = dataset[4]
-    assert image.shape == (1, 42, 42) and label.item() == 1
+    image, label, pose = dataset[4]
+    assert image.shape == (1, 42, 42) and label.item() == 1 and pose.shape == (3, 3)
 
 
 def test_loader_batches_and_epoch_order():
@@ -32,24 +32,24 @@ def test_loader_batches_and_epoch_order():
         DistortedDataset(small_split(), "R", 0), batch_size=4, shuffle=True, seed=7
     )
     batches = list(loader)
-    assert [len(labels) for _, labels in batches] == [4, 4, 2]
+    assert [len(labels) for _, labels, _ in batches] == [4, 4, 2]
     assert batches[0][0].shape == (4, 1, 28, 28)
-    order = torch.cat([labels for _, labels in batches])
+    order = torch.cat([labels for _, labels, _ in batches])
     set_epoch(loader, 0)
-    assert torch.equal(torch.cat([labels for _, labels in loader]), order)
-    first_images = torch.cat([images for images, _ in loader])
+    assert torch.equal(torch.cat([labels for _, labels, _ in loader]), order)
+    first_images = torch.cat([images for images, _, _ in loader])
     set_epoch(loader, 1)
-    assert not torch.equal(torch.cat([images for images, _ in loader]), first_images)
+    assert not torch.equal(torch.cat([images for images, _, _ in loader]), first_images)
     fresh = make_loader(DistortedDataset(small_split(), "R", 0), batch_size=4, shuffle=True, seed=7)
     set_epoch(fresh, 1)
     assert torch.equal(
-        torch.cat([images for images, _ in fresh]), torch.cat([images for images, _ in loader])
+        torch.cat([images for images, _, _ in fresh]), torch.cat([images for images, _, _ in loader])
     )
 
 
 def test_unshuffled_loader_keeps_order():
     loader = make_loader(DistortedDataset(small_split(), "none", 0), batch_size=3, drop_last=True)
-    assert torch.equal(torch.cat([labels for _, labels in loader]), torch.arange(9) % 3)
+    assert torch.equal(torch.cat([labels for _, labels, _ in loader]), torch.arange(9) % 3)
 
 
 def test_distributed_loader_uses_distributed_sampler(tmp_path):
@@ -67,7 +67,7 @@ def test_distributed_loader_uses_distributed_sampler(tmp_path):
         assert isinstance(loader.sampler, DistributedSampler)
         set_epoch(loader, 2)
         assert loader.sampler.epoch == 2 and loader.dataset.epoch == 2
-        assert sorted(torch.cat([labels for _, labels in loader]).tolist()) == sorted(
+        assert sorted(torch.cat([labels for _, labels, _ in loader]).tolist()) == sorted(
             (torch.arange(10) % 3).tolist()
         )
     finally:

@@ -13,12 +13,19 @@ with the input for other sizes (sizes below are for 28×28):
 - E: elastic; uniform(-1, 1) displacement fields smoothed by a Gaussian of σ = 1.5 px, times
   α = 6 px (28×28).
 - TC: translated at random in a 60×60 canvas with 6 clutter patches of 6×6 cut from other images.
+
+`distort_with_pose` also returns the transform each image went through, as the projective matrix
+Tensor[N, 3, 3] that maps normalised output coordinates (x, y, 1) to normalised input coordinates
+(up to scale), the same direction as the model's sampling transform; elastic distortions have no
+global transform and report the identity. `stn_serve.train.canonical` composes it with the
+model's prediction to measure how canonical the crops are.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -33,7 +40,7 @@ from stn_serve.data.warps import (
     paste_max,
     projective_grid,
     sample,
-    similarity_theta,
+    similarity_matrix,
 )
 from stn_serve.errors import InvalidInputError
 
@@ -68,6 +75,14 @@ def distorted_size(kind: str, size: tuple[int, int]) -> tuple[int, int]:
     return _scaled(size, factor)
 
 
+class Distorted(NamedTuple):
+    """images (Tensor[N, C, H', W']) and pose (Tensor[N, 3, 3]: output -> input normalised
+    coordinates, projective; the identity for elastic distortions)."""
+
+    images: torch.Tensor
+    pose: torch.Tensor
+
+
 def distort(
     images: torch.Tensor, kind: str, seed: int, clutter_from: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -84,13 +99,22 @@ def distort(
     Returns:
         Tensor[N, C, H', W']: a new tensor in [0, 1], (H', W') = distorted_size(kind, (H, W)).
     """
+    return distort_with_pose(images, kind, seed, clutter_from).images
+
+
+def distort_with_pose(
+    images: torch.Tensor, kind: str, seed: int, clutter_from: torch.Tensor | None = None
+) -> Distorted:
+    """`distort`, and the transform each image went through (see `Distorted`)."""
     _check_kind(kind)
     _check_images("images", images)
     seed = as_integer("seed", seed)
+    n = len(images)
     if kind == "none":
-        return images.clone()
-    if len(images) == 0:
-        return images.new_zeros(0, images.shape[1], *distorted_size(kind, images.shape[-2:]))
+        return Distorted(images.clone(), _identity(n))
+    if n == 0:
+        empty = images.new_zeros(0, images.shape[1], *distorted_size(kind, images.shape[-2:]))
+        return Distorted(empty, _identity(0))
     generator = torch.Generator().manual_seed(seed)
     if kind == "TC":
         pool = images if clutter_from is None else clutter_from
@@ -105,26 +129,33 @@ def distort(
     return _chunked(images, lambda chunk, start: warp(chunk, generator))
 
 
-def _chunked(
-    images: torch.Tensor, warp: Callable[[torch.Tensor, int], torch.Tensor]
-) -> torch.Tensor:
-    return torch.cat(
-        [warp(images[start : start + CHUNK], start) for start in range(0, len(images), CHUNK)]
-    )
+def _chunked(images: torch.Tensor, warp: Callable[[torch.Tensor, int], Distorted]) -> Distorted:
+    parts = [warp(images[start : start + CHUNK], start) for start in range(0, len(images), CHUNK)]
+    return Distorted(torch.cat([p.images for p in parts]), torch.cat([p.pose for p in parts]))
+
+
+def _identity(n: int) -> torch.Tensor:
+    return torch.eye(3).expand(n, 3, 3).clone()
+
+
+def _projective(matrix: torch.Tensor) -> torch.Tensor:
+    """Tensor[N, 2, 3] affine matrices as Tensor[N, 3, 3] (last row 0, 0, 1)."""
+    last = torch.tensor([0.0, 0.0, 1.0], dtype=matrix.dtype).expand(len(matrix), 1, 3)
+    return torch.cat([matrix, last], dim=1)
 
 
 def _uniform(generator: torch.Generator, shape, low: float, high: float) -> torch.Tensor:
     return low + (high - low) * torch.rand(shape, generator=generator)
 
 
-def _rotate(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _rotate(images: torch.Tensor, generator: torch.Generator) -> Distorted:
     n, size = images.shape[0], tuple(images.shape[-2:])
     angle = _uniform(generator, n, -1.0, 1.0) * math.radians(ROTATION_DEG)
-    theta = similarity_theta(angle, torch.ones(n), torch.zeros(n, 2), size, size)
-    return affine_warp(images, theta, size)
+    matrix = similarity_matrix(angle, torch.ones(n), torch.zeros(n, 2), size, size)
+    return Distorted(affine_warp(images, matrix, size), _projective(matrix))
 
 
-def _rotate_translate_scale(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _rotate_translate_scale(images: torch.Tensor, generator: torch.Generator) -> Distorted:
     n, size = images.shape[0], tuple(images.shape[-2:])
     canvas = distorted_size("RTS", size)
     angle = _uniform(generator, n, -1.0, 1.0) * math.radians(RTS_ROTATION_DEG)
@@ -135,11 +166,11 @@ def _rotate_translate_scale(images: torch.Tensor, generator: torch.Generator) ->
         torch.tensor([canvas[1], canvas[0]]) - scale[:, None] * torch.tensor([size[1], size[0]])
     ) / 2
     shift = _uniform(generator, (n, 2), -1.0, 1.0) * room.clamp(min=0.0)
-    theta = similarity_theta(angle, scale, shift, size, canvas)
-    return affine_warp(images, theta, canvas)
+    matrix = similarity_matrix(angle, scale, shift, size, canvas)
+    return Distorted(affine_warp(images, matrix, canvas), _projective(matrix))
 
 
-def _project(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _project(images: torch.Tensor, generator: torch.Generator) -> Distorted:
     n, size = images.shape[0], tuple(images.shape[-2:])
     corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]).expand(n, 4, 2)
     # In normalised coordinates the half-size is 1, so the std is used as it is.
@@ -147,15 +178,17 @@ def _project(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     scale = _uniform(generator, (n, 1, 1), *PROJECTIVE_SCALE)
     moved = scale * (corners + noise)
     # The sampling grid maps output pixels back to the input, so solve moved -> original.
-    grid = projective_grid(homography_from_corners(moved, corners), size)
-    return sample(images, grid.to(images))
+    homography = homography_from_corners(moved, corners)
+    grid = projective_grid(homography, size)
+    return Distorted(sample(images, grid.to(images)), homography)
 
 
-def _elastic(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _elastic(images: torch.Tensor, generator: torch.Generator) -> Distorted:
     n, _, h, w = images.shape
     fields = _uniform(generator, (n, 2, h, w), -1.0, 1.0)
     displacement = ELASTIC_ALPHA * gaussian_smooth(fields, ELASTIC_SIGMA)
-    return sample(images, displacement_grid(displacement).to(images))
+    # Smoothed zero-mean noise: no global transform, so the pose is the identity.
+    return Distorted(sample(images, displacement_grid(displacement).to(images)), _identity(n))
 
 
 def _translate_clutter(
@@ -164,7 +197,7 @@ def _translate_clutter(
     generator: torch.Generator,
     pool: torch.Tensor,
     from_batch: bool,
-) -> torch.Tensor:
+) -> Distorted:
     n, c, h, w = images.shape
     canvas_h, canvas_w = distorted_size("TC", (h, w))
     patch_h, patch_w = _scaled((h, w), TC_PATCH / REFERENCE_SIZE)
@@ -192,10 +225,28 @@ def _translate_clutter(
         (patch_h, patch_w),
     )
     paste_max(canvas, patches.to(canvas), put_top.to(device), put_left.to(device))
-    return paste_max(canvas, images.unsqueeze(1), digit_top.to(device), digit_left.to(device))
+    paste_max(canvas, images.unsqueeze(1), digit_top.to(device), digit_left.to(device))
+    return Distorted(canvas, _placement(digit_top, digit_left, (h, w), (canvas_h, canvas_w)))
 
 
-_WARPS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+def _placement(
+    top: torch.Tensor, left: torch.Tensor, size: tuple[int, int], canvas: tuple[int, int]
+) -> torch.Tensor:
+    """Tensor[N, 3, 3]: canvas -> image normalised coordinates of images pasted at (top, left).
+
+    A canvas pixel centre px + 0.5 = (x_c + 1) W_c / 2 lies at px - left in the image, so
+    x = 2 (px - left + 0.5) / w - 1 = (W_c / w) x_c + (W_c - 2 left) / w - 1; y likewise.
+    """
+    (h, w), (canvas_h, canvas_w) = size, canvas
+    n = len(top)
+    pose = _identity(n)
+    pose[:, 0, 0], pose[:, 1, 1] = canvas_w / w, canvas_h / h
+    pose[:, 0, 2] = (canvas_w - 2 * left.view(n).float()) / w - 1
+    pose[:, 1, 2] = (canvas_h - 2 * top.view(n).float()) / h - 1
+    return pose
+
+
+_WARPS: dict[str, Callable[[torch.Tensor, torch.Generator], Distorted]] = {
     "R": _rotate,
     "RTS": _rotate_translate_scale,
     "P": _project,

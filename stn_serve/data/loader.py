@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from stn_serve.data.distortions import distort
+from stn_serve.data.distortions import distort_with_pose
 from stn_serve.data.split import Split, as_integer
 from stn_serve.errors import InvalidInputError
 
@@ -32,6 +32,7 @@ class DistortedDataset(Dataset):
 
     Attributes:
         images (Tensor[N, C, H', W']): the current epoch's distorted images.
+        poses (Tensor[N, 3, 3]): the transform each went through (see `distort_with_pose`).
         labels (Tensor[N]): int64.
         classes (list[str]): the split's class names.
         epoch (int): the epoch `images` were drawn for.
@@ -47,13 +48,15 @@ class DistortedDataset(Dataset):
         self.labels = split.labels
         self.classes = split.classes
         self.epoch = 0
-        self.images = distort(split.images, kind, self.base_seed, clutter_from)
+        self.images, self.poses = distort_with_pose(
+            split.images, kind, self.base_seed, clutter_from
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Re-draw the distortions with seed `base_seed + epoch` (nothing to do if unchanged)."""
         epoch = as_integer("epoch", epoch)
         if epoch != self.epoch:
-            self.images = distort(
+            self.images, self.poses = distort_with_pose(
                 self.split.images, self.kind, self.base_seed + epoch, self.clutter_from
             )
             self.epoch = epoch
@@ -66,9 +69,9 @@ class DistortedDataset(Dataset):
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image Tensor[C, H', W'], label Tensor[] int64)."""
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image Tensor[C, H', W'], label Tensor[] int64, pose Tensor[3, 3])."""
+        return self.images[index], self.labels[index], self.poses[index]
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -102,7 +105,8 @@ def make_loader(
     drop_last: bool = False,
     num_workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader over `dataset` yielding (images Tensor[B, C, H', W'], labels Tensor[B]).
+    """A DataLoader over `dataset` yielding (images Tensor[B, C, H', W'], labels Tensor[B],
+    poses Tensor[B, 3, 3]).
 
     Args:
         dataset (DistortedDataset): what to batch.

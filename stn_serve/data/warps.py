@@ -28,7 +28,7 @@ def sample(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
-def similarity_theta(
+def similarity_matrix(
     angle: torch.Tensor,
     scale: torch.Tensor,
     shift: torch.Tensor,
@@ -48,7 +48,7 @@ def similarity_theta(
         out_size ((int, int)): canvas (H', W').
 
     Returns:
-        Tensor[N, 2, 3]: theta for `affine_grid(theta, (N, C, H', W'))`, mapping canvas
+        Tensor[N, 2, 3]: the matrix for `affine_grid(matrix, (N, C, H', W'))`, mapping canvas
         coordinates to input coordinates.
     """
     cos, sin = torch.cos(angle), torch.sin(angle)
@@ -65,11 +65,11 @@ def similarity_theta(
 
 
 def affine_warp(
-    images: torch.Tensor, theta: torch.Tensor, out_size: tuple[int, int]
+    images: torch.Tensor, matrix: torch.Tensor, out_size: tuple[int, int]
 ) -> torch.Tensor:
-    """Warp images (Tensor[N, C, H, W]) by theta (Tensor[N, 2, 3]) into Tensor[N, C, *out_size]."""
+    """Warp images (Tensor[N, C, H, W]) by matrix (Tensor[N, 2, 3]) into Tensor[N, C, *out_size]."""
     n, c = images.shape[:2]
-    grid = F.affine_grid(theta.to(images), [n, c, *out_size], align_corners=False)
+    grid = F.affine_grid(matrix.to(images), [n, c, *out_size], align_corners=False)
     return sample(images, grid)
 
 
@@ -77,8 +77,8 @@ def identity_grid(
     n: int, size: tuple[int, int], dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """Tensor[N, H, W, 2]: the normalised (x, y) centre of every pixel of an (H, W) image."""
-    theta = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=dtype).expand(n, 2, 3)
-    return F.affine_grid(theta, [n, 1, *size], align_corners=False)
+    matrix = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=dtype).expand(n, 2, 3)
+    return F.affine_grid(matrix, [n, 1, *size], align_corners=False)
 
 
 def homography_from_corners(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

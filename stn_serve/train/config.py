@@ -29,12 +29,17 @@ class TrainConfig:
     Model (see `stn_serve.models.ModelConfig`):
         arch, transform, crop_size, padding_mode, align_corners, width, depth, hidden,
         loc_width, loc_depth, loc_hidden, dropout.
+        crop_size None means the source's undistorted size (28×28 for digits under RTS's 42×42
+            canvas): the crop then shows the object at the scale it was drawn at.
         match_params: for arch "cnn", size width and hidden so the baseline has about the
             parameter count of the ST-CNN these settings describe.
     Optimisation:
         epochs, batch_size (per process), lr, schedule (cosine | step: x0.1 at 50 % and 75 % of
         the steps | none), loc_lr_mult (learning-rate multiplier of the localisation net),
         weight_decay, optimizer (adamw | sgd with Nesterov momentum 0.9), seed.
+        warmup_epochs: the learning rate rises linearly from 0 over these epochs first.
+        pose_weight: weight of the pose-consistency loss (`stn_serve.train.losses`); ignored for
+            distortion "none", whose poses are unknown.
     Run:
         out_dir: where checkpoints, metrics.jsonl and plots go.
         resume: a checkpoint to continue from (its model config wins over the model settings).
@@ -74,6 +79,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     seed: int = 0
+    warmup_epochs: int = 0
+    pose_weight: float = 1.0
 
     out_dir: str = "runs/train"
     resume: str | None = None

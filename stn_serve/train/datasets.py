@@ -36,6 +36,11 @@ class RunData:
         """(C, H, W) the model takes: the distorted size."""
         return self.test.image_shape
 
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """(H, W) of the undistorted images."""
+        return tuple(self.test.split.images.shape[-2:])
+
 
 def _subset(split: Split, index) -> Split:
     return Split(split.images[index], split.labels[index], split.classes, split.source)

@@ -8,6 +8,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stn_serve.train.distributed import Context, all_sum, sync_buffers
+from stn_serve.train.losses import pose_consistency
 
 #: Progress-bar postfix refresh interval; reading the loss forces a device sync.
 POSTFIX_EVERY = 20
@@ -26,9 +27,17 @@ def train_epoch(
     context: Context,
     description: str,
     progress: bool,
+    pose_weight: float = 0.0,
 ) -> dict[str, float]:
-    """Train one pass over `loader`; returns the mean loss and accuracy over all processes."""
+    """Train one pass over `loader`; returns the mean loss and accuracy over all processes.
+
+    The loss is cross-entropy plus `pose_weight` times the pose-consistency loss
+    (`stn_serve.train.losses`) for models with a spatial transformer; the reported loss is the
+    cross-entropy alone, comparable with validation.
+    """
     model.train()
+    transformer = getattr(getattr(model, "module", model), "transformer", None)
+    pose_weight = pose_weight if transformer is not None else 0.0
     totals = torch.zeros(3, dtype=torch.float64, device=context.device)  # loss sum, correct, count
     bar = tqdm(
         loader,
@@ -37,15 +46,20 @@ def train_epoch(
         disable=not (progress and context.is_main),
         unit="batch",
     )
-    for step, (images, labels) in enumerate(bar):
+    for step, (images, labels, poses) in enumerate(bar):
         images, labels = (
             images.to(context.device, non_blocking=True),
             labels.to(context.device, non_blocking=True),
         )
-        logits = model(images).logits
+        output = model(images)
+        logits = output.logits
         loss = F.cross_entropy(logits, labels)
+        objective = loss
+        if pose_weight > 0:
+            grid = transformer.grid_generator(output.theta)  # (B, h, w, 2)
+            objective = loss + pose_weight * pose_consistency(grid, poses.to(context.device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         optimizer.step()
         scheduler.step()
         with torch.no_grad():

@@ -44,9 +44,14 @@ def make_optimizer(
     return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
 
-def lr_factor(schedule: str, step: int, total_steps: int) -> float:
-    """Multiplier of the base rates after `step` of `total_steps` optimiser steps."""
-    progress = min(step / max(total_steps, 1), 1.0)
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Multiplier of the base rates after `step` of `total_steps` optimiser steps.
+
+    The first `warmup_steps` rise linearly to 1; the schedule runs over the steps after them.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "step":
@@ -54,10 +59,14 @@ def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     return 1.0
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int):
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int = 0
+):
     """A LambdaLR stepped once per optimiser step; its state_dict holds plain numbers only."""
     if schedule not in SCHEDULES:
         raise InvalidInputError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if warmup_steps < 0:
+        raise InvalidInputError(f"warm-up must be >= 0 steps, got {warmup_steps}")
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(schedule, step, total_steps)
+        optimizer, lambda step: lr_factor(schedule, step, total_steps, warmup_steps)
     )

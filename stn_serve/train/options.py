@@ -103,7 +103,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=size_pair,
         default=DEFAULTS.crop_size,
         metavar="HxW",
-        help="size of the transformer's output (None: the distorted input's size)",
+        help="size of the transformer's output (None: the source's undistorted size)",
     )
     group.add_argument(
         "--padding-mode",
@@ -179,6 +179,19 @@ def add_optimisation_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--weight-decay", type=float, default=DEFAULTS.weight_decay, help="weight decay"
+    )
+    group.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=DEFAULTS.warmup_epochs,
+        help="epochs over which the learning rate rises linearly from 0 before the schedule",
+    )
+    group.add_argument(
+        "--pose-weight",
+        type=float,
+        default=DEFAULTS.pose_weight,
+        help="weight of the pose-consistency loss that makes crops canonical (0: off; distortion "
+        "none: always off)",
     )
     group.add_argument(
         "--optimizer",

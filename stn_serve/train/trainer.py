@@ -43,16 +43,22 @@ def model_config_for(
     num_classes: int,
     mean: list[float],
     std: list[float],
+    source_size: tuple[int, int] | None = None,
 ) -> ModelConfig:
-    """The ModelConfig `config` describes for images of (C, H, W) and `num_classes` classes."""
+    """The ModelConfig `config` describes for images of (C, H, W) and `num_classes` classes.
+
+    `source_size` (the undistorted images' (h, w)) is the crop size where `config` names none;
+    without it, the input size.
+    """
     channels, height, width = image_shape
     # TrainConfig repeats the architecture fields of ModelConfig under the same names.
     shared = {field.name for field in dataclasses.fields(ModelConfig)} & {
         field.name for field in dataclasses.fields(TrainConfig)
-    }
+    } - {"crop_size"}
     stcnn = ModelConfig(
         **{name: getattr(config, name) for name in shared - {"arch"}},
         arch="stcnn",
+        crop_size=config.crop_size if config.crop_size is not None else source_size,
         in_channels=channels,
         input_size=(height, width),
         num_classes=num_classes,
@@ -70,6 +76,12 @@ def _check(config: TrainConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
             raise InvalidInputError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not 0 <= config.warmup_epochs < config.epochs:
+        raise InvalidInputError(
+            f"warmup_epochs must be in [0, epochs), got {config.warmup_epochs} of {config.epochs}"
+        )
+    if not config.pose_weight >= 0:
+        raise InvalidInputError(f"pose_weight must be >= 0, got {config.pose_weight}")
 
 
 def _check_resumable(checkpoint: Checkpoint, data: RunData) -> None:
@@ -116,7 +128,9 @@ def _build_model(
     """A fresh model for `config`, or the resumed checkpoint's model with its weights."""
     if resumed is None:
         mean, std = channel_stats(data.train.images)
-        model_config = model_config_for(config, data.image_shape, len(data.classes), mean, std)
+        model_config = model_config_for(
+            config, data.image_shape, len(data.classes), mean, std, data.source_size
+        )
         return model_config, build_model(model_config)
     _check_resumable(resumed, data)
     return resumed.model_config, resumed.build_model()
@@ -159,7 +173,12 @@ def _fit(config: TrainConfig, context: distributed.Context) -> TrainResult:
     optimizer = make_optimizer(
         model, config.optimizer, config.lr, config.loc_lr_mult, config.weight_decay
     )
-    scheduler = make_scheduler(optimizer, config.schedule, config.epochs * len(loader))
+    scheduler = make_scheduler(
+        optimizer,
+        config.schedule,
+        config.epochs * len(loader),
+        config.warmup_epochs * len(loader),
+    )
     if resumed is None:
         start_epoch, best = 0, _Best(-1.0, 0, copy.deepcopy(model.state_dict()))
     else:
@@ -198,6 +217,7 @@ def _fit(config: TrainConfig, context: distributed.Context) -> TrainResult:
             context,
             f"epoch {epoch}/{config.epochs}",
             config.progress,
+            pose_weight=config.pose_weight if config.distortion != "none" else 0.0,
         )
         val = evaluate(model, data.val.images, data.val.labels, eval_batch, context)
         improved = best.offer(val["accuracy"], epoch, model)
