@@ -17,6 +17,10 @@ OPTIMIZERS = ("adamw", "sgd")
 class TrainConfig:
     """Settings of one training run; `stn-serve train` has one flag per field.
 
+    The defaults train the embedded digits under RTS to about 97.5 % test accuracy in about 40 s
+    on two CPU cores, with crops whose rotation spread is under a third of the distortion's; the
+    sweep that chose them is in docs/training.md.
+
     Data:
         data: image source name (`stn_serve.data.SOURCES`).
         data_dir: where the source's files are (None: the source's default).
@@ -41,6 +45,8 @@ class TrainConfig:
         pose_weight: weight of the pose-consistency loss (`stn_serve.train.losses`); ignored for
             distortion "none", whose poses are unknown.
     Run:
+        preset: the name of the preset (`stn_serve.train.presets`) the settings came from, for
+            logs; the preset's values are put in by the command-line layer.
         out_dir: where checkpoints, metrics.jsonl and plots go.
         resume: a checkpoint to continue from (its model config wins over the model settings).
         device: auto (CUDA when available) | cpu | cuda.
@@ -63,7 +69,7 @@ class TrainConfig:
     padding_mode: str = "zeros"
     align_corners: bool = False
     width: int = 16
-    depth: int = 2
+    depth: int = 3
     hidden: int = 128
     loc_width: int = 16
     loc_depth: int = 2
@@ -71,17 +77,18 @@ class TrainConfig:
     dropout: float = 0.0
     match_params: bool = True
 
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 2e-3
     schedule: str = "cosine"
-    loc_lr_mult: float = 0.1
+    loc_lr_mult: float = 2.0
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     seed: int = 0
     warmup_epochs: int = 0
-    pose_weight: float = 1.0
+    pose_weight: float = 10.0
 
+    preset: str = "default"
     out_dir: str = "runs/train"
     resume: str | None = None
     device: str = "auto"

@@ -21,8 +21,10 @@ def make_optimizer(
     """AdamW or SGD (Nesterov, momentum 0.9) with two groups: the localisation net at
     `lr * loc_lr_mult`, everything else at `lr`.
 
-    The paper trains the localisation net with a lower rate: its updates move the sampling grid
-    of every pixel at once.
+    The paper trains the localisation net with a lower rate, as its updates move the sampling
+    grid of every pixel at once. With the pose-consistency loss (`stn_serve.train.losses`) giving
+    it a direct signal, a higher rate learns the rotation faster: the default is 2x (see the
+    sweep in docs/training.md).
     """
     if name not in OPTIMIZERS:
         raise InvalidInputError(f"optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")

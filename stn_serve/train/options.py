@@ -11,6 +11,7 @@ import dataclasses
 
 from stn_serve.contract import DATA_SOURCES, DEVICES, DISTORTIONS, PADDING_MODES, TRANSFORMS
 from stn_serve.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from stn_serve.train.presets import AUTO, PRESET_CHOICES, preset_values, resolve_preset
 
 DEFAULTS = TrainConfig()
 
@@ -159,9 +160,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_optimisation_arguments(parser: argparse.ArgumentParser) -> None:
     """Epochs, batch size, learning rates, schedule, seed and device."""
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="training epochs")
     group.add_argument(
-        "--batch-size", type=int, default=DEFAULTS.batch_size, help="images per batch and process"
+        "--preset",
+        type=str,
+        choices=PRESET_CHOICES,
+        default=AUTO,
+        help="settings per data source for the flags left out (auto: the one named after "
+        "--data, else default); see stn_serve/train/presets.py",
+    )
+    group.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"training epochs (None: the preset's, else {DEFAULTS.epochs})",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"images per batch and process (None: the preset's, else {DEFAULTS.batch_size})",
     )
     group.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate")
     group.add_argument(
@@ -236,7 +253,20 @@ def training_parents() -> list[argparse.ArgumentParser]:
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    """A TrainConfig from the parsed flags of `training_parents()` (and any extra fields given)."""
+    """A TrainConfig from the parsed flags of `training_parents()` (and any extra fields given).
+
+    Flags a preset may set and that were left out (None) take the preset's value, else
+    TrainConfig's default; `preset` records the preset's resolved name.
+    """
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     values = {name: value for name, value in vars(args).items() if name in fields}
-    return TrainConfig(**{**values, **overrides})
+    values.update(overrides)
+    preset = resolve_preset(values.get("preset", AUTO), values.get("data", DEFAULTS.data))
+    for name, value in preset_values(preset, values.get("data", DEFAULTS.data)).items():
+        if values.get(name) is None:
+            values[name] = value
+    # Still None: left to TrainConfig's default.
+    for name in [name for name, value in values.items() if value is None]:
+        if getattr(DEFAULTS, name) is not None:
+            del values[name]
+    return TrainConfig(**{**values, "preset": preset})

@@ -26,6 +26,7 @@ from stn_serve.train.history import append_metrics, truncate_metrics
 from stn_serve.train.loop import evaluate, train_epoch
 from stn_serve.train.optim import make_optimizer, make_scheduler
 from stn_serve.train.plots import plot_crops, plot_curves
+from stn_serve.train.presets import describe, preset_values
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ def _fit(config: TrainConfig, context: distributed.Context) -> TrainResult:
 
     history: list[dict] = []
     if context.is_main:
+        log.info("%s", describe(config.preset, preset_values(config.preset, config.data)))
         out_dir.mkdir(parents=True, exist_ok=True)
         history = truncate_metrics(out_dir, start_epoch)
         log.info(
