@@ -19,7 +19,18 @@ from stn_serve.errors import StnServeError
 log = logging.getLogger("stn_serve")
 
 # Order is the order shown in `stn-serve --help`.
-COMMANDS = ["train", "visualize", "export", "serve", "predict", "batch", "merge", "bench", "demo"]
+COMMANDS = [
+    "train",
+    "evaluate",
+    "visualize",
+    "export",
+    "serve",
+    "predict",
+    "batch",
+    "merge",
+    "bench",
+    "demo",
+]
 
 
 def common_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 @pytest.fixture(params=["kernel", "reference"])
 def sampler_implementation(request, monkeypatch):
     """Run the test with the bilinear sampler's fused CPU kernel and with its tensor-op
@@ -33,6 +34,27 @@ def sampler_implementation(request, monkeypatch):
 
 DIGITS_SHAPE = (1, 28, 28)
 DIGITS_LABELS = [str(d) for d in range(10)]
+#: Training flags for runs of a few seconds on the CPU: one epoch of a narrow model on a few
+#: digits.
+TINY_TRAINING_FLAGS = [
+    "--epochs",
+    "1",
+    "--max-train-samples",
+    "64",
+    "--max-test-samples",
+    "32",
+    "--width",
+    "8",
+    "--hidden",
+    "32",
+    "--loc-width",
+    "8",
+    "--loc-hidden",
+    "16",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 def model_json(name: str, version: int, input_shape=DIGITS_SHAPE, labels=DIGITS_LABELS) -> dict:

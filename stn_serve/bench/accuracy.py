@@ -11,12 +11,23 @@ For reference, the STN paper (Jaderberg et al. 2015, table 1) reports 0.8 % (CNN
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
+from stn_serve.bench.table import (
+    MODELS,
+    TABLE_DISTORTIONS,
+    distortion_list,
+    model_list,
+    run_table,
+)
+from stn_serve.errors import InvalidInputError
+
 HELP = (
-    "train the ST-CNN and the parameter-matched CNN on RTS-distorted data; print both test errors"
+    "train the ST-CNN and the parameter-matched CNN on RTS-distorted data; print both test errors "
+    "(--table: the STN paper's table 1)"
 )
 
 #: Targets of the full run: ST-CNN accuracy and its error as a share of the CNN's.
@@ -25,49 +36,104 @@ TARGET_ERROR_RATIO = 0.75
 
 #: The full run's settings (flag defaults). Tuned on held-out validation accuracy: 20 epochs of
 #: the default depth-2, width-16 classifier fit the 15-minute budget on two CPU cores.
-FULL = {"data": "fashion-mnist", "distortion": "RTS", "epochs": 20, "batch_size": 128, "crop_size": (28, 28)}
+FULL = {
+    "data": "fashion-mnist",
+    "distortion": "RTS",
+    "epochs": 20,
+    "batch_size": 128,
+    "crop_size": (28, 28),
+}
 #: --quick: scikit-learn's digits, small enough to finish in about a minute on two cores.
 QUICK = {"data": "digits", "epochs": 10, "batch_size": 64, "depth": 3}
 
 
+@dataclasses.dataclass(frozen=True)
+class Unset:
+    """The default of a flag whose value depends on the mode (full run, --quick, --table): a flag
+    still holding one was left out. Shows its full-run value in --help."""
+
+    value: object
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from stn_serve.train.options import add_training_arguments
+    from stn_serve.train.options import DEFAULTS, add_training_arguments
 
     add_training_arguments(parser)
-    parser.set_defaults(**FULL)
-    parser.add_argument(
+    parser.set_defaults(
+        **{name: Unset(FULL.get(name, getattr(DEFAULTS, name))) for name in {**FULL, **QUICK}}
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--quick",
         action="store_true",
-        help=f"small run on digits: flags left at their defaults take {QUICK}",
+        help=f"small run on digits: flags left out take {QUICK}",
+    )
+    mode.add_argument(
+        "--table",
+        action="store_true",
+        help="the STN paper's table 1 instead: the CNN and ST-CNNs with affine, projective and "
+        "thin-plate-spline transformers on each of --distortions, one training run a cell (flags "
+        "left out take the training defaults: `stn-serve train --help`); resumes where an "
+        "earlier run stopped",
+    )
+    parser.add_argument(
+        "--distortions",
+        type=distortion_list,
+        default=",".join(TABLE_DISTORTIONS),
+        metavar="K,K,...",
+        help="with --table: the table's columns",
+    )
+    parser.add_argument(
+        "--models",
+        type=model_list,
+        default=",".join(MODELS),
+        metavar="M,M,...",
+        help="with --table: the table's rows",
     )
     parser.add_argument(
         "--out",
         dest="out_dir",
         type=str,
-        default="runs/bench-accuracy",
-        help="folder for both runs' checkpoints and accuracy.json",
+        default=None,
+        help="folder for the runs' checkpoints and accuracy.json (None: runs/bench-accuracy; "
+        "with --table runs/bench-table, and table.json and table.md)",
     )
 
 
 def _settings(args: argparse.Namespace) -> argparse.Namespace:
-    """The flags with --quick's values put in wherever a flag was left at its full-run default
-    (FULL's, else the training flags' own)."""
-    if not args.quick:
-        return args
+    """The flags with each one left out given its mode's value: --quick's, the training defaults
+    for --table, else the full run's."""
     from stn_serve.train.options import DEFAULTS
 
     values = vars(args).copy()
-    for name, value in QUICK.items():
-        if values[name] == FULL.get(name, getattr(DEFAULTS, name)):
-            values[name] = value
+    for name, value in values.items():
+        if not isinstance(value, Unset):
+            continue
+        if args.table:
+            values[name] = getattr(DEFAULTS, name)
+        elif args.quick:
+            values[name] = QUICK.get(name, value.value)
+        else:
+            values[name] = value.value
+    if values["out_dir"] is None:
+        values["out_dir"] = "runs/bench-table" if args.table else "runs/bench-accuracy"
     return argparse.Namespace(**values)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.table and not isinstance(args.distortion, Unset):
+        raise InvalidInputError(
+            "--table trains every distortion of --distortions, not --distortion"
+        )
+    args = _settings(args)
+    if args.table:
+        return run_table(args)
     from stn_serve.train import fit
     from stn_serve.train.options import config_from_args
 
-    args = _settings(args)
     out_dir = Path(args.out_dir)
     results = {}
     for arch in ("stcnn", "cnn"):

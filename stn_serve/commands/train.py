@@ -68,6 +68,7 @@ def output_folder(args) -> str:
 
 def run(args) -> int:
     from stn_serve.train import fit
+    from stn_serve.train.canonical import format_spread
     from stn_serve.train.options import config_from_args
 
     result = fit(config_from_args(args, out_dir=output_folder(args)))
@@ -79,6 +80,7 @@ def run(args) -> int:
         f"val accuracy {metrics['best_val_accuracy']:.2%}); checkpoints: {result.best_checkpoint}, "
         f"{result.last_checkpoint}"
     )
+    print(format_spread(metrics["pose_spread"]))
     if result.plots:
         print("plots: " + ", ".join(str(path) for path in result.plots))
     return 0

@@ -67,27 +67,34 @@ def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     return _subset(split, order[count:].sort().values), _subset(split, order[:count].sort().values)
 
 
+def _load(config: TrainConfig, name: str) -> Split:
+    return load_split(
+        config.data,
+        name,
+        data_dir=config.data_dir,
+        image_size=None if config.image_size is None else tuple(config.image_size),
+        channels=config.channels,
+    )
+
+
+def load_test_set(config: TrainConfig) -> DistortedDataset:
+    """The run's test set alone: the same images and distortions `load_run_data` gives."""
+    test = _first(_load(config, "test"), config.max_test_samples)
+    return DistortedDataset(test, config.distortion, TEST_DISTORTION_SEED)
+
+
 def load_run_data(config: TrainConfig) -> RunData:
     """Load, limit, split and distort the source named by `config.data`."""
-
-    def load(name: str) -> Split:
-        return load_split(
-            config.data,
-            name,
-            data_dir=config.data_dir,
-            image_size=None if config.image_size is None else tuple(config.image_size),
-            channels=config.channels,
-        )
-
     train, val = hold_out(
-        _first(load("train"), config.max_train_samples), config.val_fraction, VAL_SPLIT_SEED
+        _first(_load(config, "train"), config.max_train_samples),
+        config.val_fraction,
+        VAL_SPLIT_SEED,
     )
-    test = _first(load("test"), config.max_test_samples)
     # TC clutter for training comes from the training images only, never from test images.
     return RunData(
         train=DistortedDataset(train, config.distortion, config.seed * TRAIN_SEED_STRIDE),
         val=DistortedDataset(val, config.distortion, VAL_DISTORTION_SEED),
-        test=DistortedDataset(test, config.distortion, TEST_DISTORTION_SEED),
+        test=load_test_set(config),
         classes=list(train.classes),
     )
 

@@ -19,6 +19,7 @@ from stn_serve.data import make_loader, set_epoch
 from stn_serve.errors import InvalidInputError
 from stn_serve.models import ModelConfig, build_model, count_parameters, matched_baseline_config
 from stn_serve.train import distributed
+from stn_serve.train.canonical import canonical_spread, format_spread
 from stn_serve.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from stn_serve.train.config import TrainConfig, TrainResult
 from stn_serve.train.datasets import RunData, channel_stats, load_run_data
@@ -261,6 +262,9 @@ def _fit(config: TrainConfig, context: distributed.Context) -> TrainResult:
 
     model.load_state_dict(best.state)
     test = evaluate(model, data.test.images, data.test.labels, eval_batch, context)
+    spreads = canonical_spread(
+        model, data.test.images, data.test.poses, data.source_size, eval_batch
+    )
     metrics = {
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
@@ -269,6 +273,7 @@ def _fit(config: TrainConfig, context: distributed.Context) -> TrainResult:
         "epochs": config.epochs,
         "parameters": parameters,
         "train_seconds": sum(record["seconds"] for record in history),
+        "pose_spread": spreads,
     }
     plots: list[Path] = []
     if context.is_main:
@@ -279,6 +284,7 @@ def _fit(config: TrainConfig, context: distributed.Context) -> TrainResult:
             best.accuracy,
             test["accuracy"],
         )
+        log.info("%s", format_spread(spreads))
         if config.plots:
             plots = _plot(history, model, data, out_dir)
     return TrainResult(
