@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stn_serve.train.config import TrainConfig
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "digits"
@@ -33,13 +35,13 @@ SAMPLES = "samples"
 class DemoSettings:
     """out_dir: where the run's files go (training run, picture).
     repository: the model repository the model is exported into.
-    epochs, max_train_samples: how much to train (the defaults take under a minute on 2 cores
-        and reach about 97 % test accuracy).
+    epochs, max_train_samples: how much to train (the training defaults: about 40 s on 2 cores,
+        about 97 % test accuracy).
     """
 
     out_dir: Path = Path("runs/demo")
     repository: Path = Path("export")
-    epochs: int = 30
+    epochs: int = TrainConfig.epochs
     max_train_samples: int | None = None
     progress: bool = True
 
@@ -63,7 +65,9 @@ def query_images(input_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndar
     split = load_split("digits", "test")
     images = distort(split.images[:QUERIED_IMAGES], "RTS", seed=QUERY_SEED)
     if tuple(images.shape[1:]) != tuple(input_shape):
-        raise RuntimeError(f"demo images are {list(images.shape[1:])}, the model takes {list(input_shape)}")
+        raise RuntimeError(
+            f"demo images are {list(images.shape[1:])}, the model takes {list(input_shape)}"
+        )
     return images.numpy(), split.labels[:QUERIED_IMAGES].numpy(), split.classes
 
 
@@ -127,7 +131,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     from stn_serve.export import export_checkpoint
     from stn_serve.imaging import decode_image
     from stn_serve.server import create_server
-    from stn_serve.train import TrainConfig, fit
+    from stn_serve.train import fit
 
     started = time.perf_counter()
     settings.out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,13 +139,11 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     print(f"[1/5] training an ST-CNN (affine) on RTS-distorted digits for {settings.epochs} epochs")
     trained = fit(
         TrainConfig(
+            # The training defaults: RTS digits (42x42) into a 28x28 canonical crop.
             data="digits",
             distortion="RTS",
             arch="stcnn",
             transform="affine",
-            # The distorted digits are 42x42; the classifier sees a 28x28 canonical crop.
-            crop_size=(28, 28),
-            depth=3,
             epochs=settings.epochs,
             max_train_samples=settings.max_train_samples,
             out_dir=str(settings.out_dir / "train"),
@@ -174,7 +176,10 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         print("      server stopped")
 
     own_probabilities = np.stack(
-        [[score.probability for score in sorted(p.top_k, key=lambda s: s.index)] for p in predictions]
+        [
+            [score.probability for score in sorted(p.top_k, key=lambda s: s.index)]
+            for p in predictions
+        ]
     )
     top_indices = [sorted(score.index for score in p.top_k) for p in predictions]
     triton_probabilities = np.stack(
@@ -203,8 +208,10 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         "served predictions": picture,
     }
     print()
-    print(f"served on {info.execution_provider}: {served_accuracy:.0%} of {len(images)} queried "
-          f"images right; own API vs Open Inference Protocol differ by at most {difference:.1e}")
+    print(
+        f"served on {info.execution_provider}: {served_accuracy:.0%} of {len(images)} queried "
+        f"images right; own API vs Open Inference Protocol differ by at most {difference:.1e}"
+    )
     for name, path in artefacts.items():
         print(f"  {name:<20} {path}")
     print(f"done in {time.perf_counter() - started:.0f} s")

@@ -13,6 +13,8 @@ from stn_serve.bench import table
 from stn_serve.bench.accuracy import FULL, _settings
 from stn_serve.cli import build_parser, main
 from stn_serve.train import TrainConfig, load_checkpoint, trainer
+from stn_serve.train.options import config_from_args
+from stn_serve.train.presets import PRESETS
 
 TINY_FLAGS = ["--distortions", "R,RTS", "--models", "cnn,affine", *TINY_TRAINING_FLAGS]
 
@@ -134,22 +136,26 @@ def test_table_flags_left_out_take_the_training_defaults():
         return _settings(build_parser().parse_args(["bench", "accuracy", *flags]))
 
     defaults = TrainConfig()
-    left_out = settings("--table")
+    left_out = config_from_args(settings("--table"))
     assert (left_out.data, left_out.epochs, left_out.crop_size, left_out.batch_size) == (
         defaults.data,
         defaults.epochs,
         defaults.crop_size,
         defaults.batch_size,
     )
-    assert left_out.out_dir == "runs/bench-table"
-    assert left_out.distortions == table.TABLE_DISTORTIONS
-    assert left_out.models == tuple(table.MODELS)
-    chosen = settings("--table", "--data", "fashion-mnist", "--epochs", str(FULL["epochs"]))
-    assert (chosen.data, chosen.epochs) == ("fashion-mnist", FULL["epochs"])
+    assert settings("--table").out_dir == "runs/bench-table"
+    assert settings("--table").distortions == table.TABLE_DISTORTIONS
+    assert settings("--table").models == tuple(table.MODELS)
+    chosen = config_from_args(settings("--table", "--data", "fashion-mnist", "--epochs", "3"))
+    # The data source's preset fills what was left out; a flag given wins over it.
+    assert (chosen.data, chosen.epochs, chosen.preset) == ("fashion-mnist", 3, "fashion-mnist")
+    assert chosen.batch_size == PRESETS["fashion-mnist"]["batch_size"]
     full = settings()
     assert {name: getattr(full, name) for name in FULL} == FULL
+    assert config_from_args(full).epochs == PRESETS["fashion-mnist"]["epochs"]
     assert full.out_dir == "runs/bench-accuracy"
     assert settings("--quick", "--data", "fashion-mnist").data == "fashion-mnist"
+    assert config_from_args(settings("--quick")).preset == "default"
 
 
 def test_bad_table_flags_are_refused(capsys):

@@ -11,9 +11,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import running_server
 from PIL import Image
 
-from conftest import running_server
 from stn_serve import __version__
 from stn_serve.cli import main
 from stn_serve.contract import DATA_SOURCES, DISTORTIONS
@@ -44,7 +44,8 @@ def test_help_shows_defaults_only_where_they_say_something(capsys):
     assert "(default: crops.png beside the checkpoint)" in visualize
     # The benchmark's own default replaces the training flag's note instead of contradicting it.
     accuracy = help_text(["bench", "accuracy"], capsys)
-    assert "size of the transformer's output (default: (28, 28))" in accuracy
+    assert "(default: fashion-mnist)" in accuracy
+    assert "training epochs (default: the preset's, else 30)" in help_text(["train"], capsys)
 
 
 def test_train_help_lists_the_sources_and_distortions(capsys):

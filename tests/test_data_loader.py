@@ -43,7 +43,8 @@ def test_loader_batches_and_epoch_order():
     fresh = make_loader(DistortedDataset(small_split(), "R", 0), batch_size=4, shuffle=True, seed=7)
     set_epoch(fresh, 1)
     assert torch.equal(
-        torch.cat([images for images, _, _ in fresh]), torch.cat([images for images, _, _ in loader])
+        torch.cat([images for images, _, _ in fresh]),
+        torch.cat([images for images, _, _ in loader]),
     )
 
 

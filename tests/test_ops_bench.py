@@ -61,7 +61,7 @@ def test_bench_layer_contended_train_step_prints_its_ratio(capsys):
     assert re.search(r", [1-9]\d* busy processes beside it$", out, re.MULTILINE)
     assert re.search(r"^worst ratio [\d.]+x (meets|misses) the target of 1.5x$", out, re.MULTILINE)
     row = re.search(
-        r"^train step \(ST-CNN affine, .*, batch \d+, \w+\): native ([\d.]+) ms, custom "
+        r"^train step \(ST-CNN affine, .*, batch \d+, [^)]*\): native ([\d.]+) ms, custom "
         r"([\d.]+) ms, ratio ([\d.]+)x (meets|misses) the target of 1.05x$",
         out,
         re.MULTILINE,

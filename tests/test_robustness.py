@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from pillow_rts import pillow_rts
+
 from stn_serve.data import load_split
 from stn_serve.train import TrainConfig, fit
 from stn_serve.train.canonical import canonical_spread
@@ -52,6 +52,9 @@ def test_crops_are_canonical(default_run):
     config, result, model = default_run
     test = load_run_data(config).test
     spreads = canonical_spread(model, test.images, test.poses, (28, 28))
+    # The run reported the same figures at its end.
+    for side in ("model", "distortion"):
+        assert spreads[side] == pytest.approx(result.metrics["pose_spread"][side], abs=1e-6)
     assert spreads["distortion"]["rotation_deg"] > 20  # ±45°: about 26°
     assert (
         spreads["model"]["rotation_deg"]

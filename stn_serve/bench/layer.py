@@ -8,8 +8,9 @@ warm-up calls and then its timed calls, so that load from other processes falls 
 while neither runs right after the other's allocations. Before timing, it checks that both give
 the same output and gradients.
 
-`--train-step` times one training step (forward, cross-entropy, backward, optimiser step) of the
-default ST-CNN (`ModelConfig()`, `TrainConfig()`'s batch size and optimiser) with this layer
+`--train-step` times one training step (forward, cross-entropy plus the pose-consistency loss,
+backward, optimiser step) of the ST-CNN `stn-serve train` builds with its defaults (RTS digits,
+42x42 -> 28x28, `TrainConfig()`'s batch size and optimiser) with this layer
 against the same model, weights and batch with torch's own ops (`SpatialTransformer.native_ops`),
 the two models alternating call by call after their warm-up calls.
 `--contended` runs everything with a busy process spinning on each other core.
@@ -195,19 +196,28 @@ def measure_train_step(rounds: int, repeats: int, warmup: int, seed: int):
     import torch
     import torch.nn.functional as F
 
-    from stn_serve.models import ModelConfig, build_model
+    from stn_serve.data import distorted_size
+    from stn_serve.data.digits import DIGITS_SIZE
+    from stn_serve.models import build_model
     from stn_serve.train.config import TrainConfig
+    from stn_serve.train.losses import pose_consistency
     from stn_serve.train.optim import make_optimizer
+    from stn_serve.train.trainer import model_config_for
 
     torch.manual_seed(seed)
-    config, train = ModelConfig(), TrainConfig()
+    train = TrainConfig()
+    # The model `stn-serve train` builds with its defaults: digits, 28x28, under its distortion.
+    canvas = distorted_size(train.distortion, DIGITS_SIZE)
+    config = model_config_for(train, (1, *canvas), 10, [0.5], [0.5], DIGITS_SIZE)
     custom = build_model(config).train()
     native = copy.deepcopy(custom)
     native.transformer.native_ops = True
     generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(train.batch_size, config.in_channels, *config.input_size,
-                        generator=generator)
+    images = torch.rand(
+        train.batch_size, config.in_channels, *config.input_size, generator=generator
+    )
     labels = torch.randint(config.num_classes, (train.batch_size,), generator=generator)
+    poses = torch.eye(3).expand(train.batch_size, 3, 3)
 
     def step_of(model):
         optimizer = make_optimizer(
@@ -215,7 +225,11 @@ def measure_train_step(rounds: int, repeats: int, warmup: int, seed: int):
         )
 
         def step():
-            loss = F.cross_entropy(model(images).logits, labels)
+            output = model(images)
+            grid = model.transformer.grid_generator(output.theta)
+            loss = F.cross_entropy(output.logits, labels) + train.pose_weight * pose_consistency(
+                grid, poses
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -229,7 +243,7 @@ def measure_train_step(rounds: int, repeats: int, warmup: int, seed: int):
     description = (
         f"ST-CNN {config.transform}, {config.in_channels}x{config.input_size[0]}x"
         f"{config.input_size[1]} -> {config.crop_size[0]}x{config.crop_size[1]}, "
-        f"batch {train.batch_size}, {train.optimizer}"
+        f"depth {config.depth}, batch {train.batch_size}, {train.optimizer}, pose-consistency loss"
     )
     # A step takes tens of milliseconds: the models alternate call by call, so that a change
     # in the load from other processes falls on both.

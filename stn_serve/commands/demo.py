@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stn_serve.commands.formatting import HelpFormatter
+from stn_serve.train.options import DEFAULTS
 
 
 def add_parser(subparsers, parents):
@@ -17,11 +18,15 @@ def add_parser(subparsers, parents):
         "draw the inputs beside the served crops, and stop the server.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run's files")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="folder for the run's files"
+    )
     parser.add_argument(
         "--repository", type=Path, default=Path("export"), help="model repository to export into"
     )
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs")
+    parser.add_argument(
+        "--epochs", type=int, default=DEFAULTS.epochs, help="training epochs (the training default)"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
