@@ -50,21 +50,22 @@ def _same_raw_tensors(images, shape: tuple[int, int, int]) -> np.ndarray | None:
     dtype, shape and byte count: one copy and one check for the whole request instead of one per
     image. None when any differs or the whole fails a check; the per-image path then names the
     image at fault."""
-    first = images[0]
-    if first.WhichOneof("source") != "tensor" or first.tensor.dtype not in DTYPES:
+    if not all(image.HasField("tensor") for image in images):
         return None
-    dtype, dims, size = first.tensor.dtype, first.tensor.shape, len(first.tensor.data)
-    parts = []
-    for image in images:
-        if image.WhichOneof("source") != "tensor":
-            return None
-        tensor = image.tensor
-        if tensor.dtype != dtype or tensor.shape != dims or len(tensor.data) != size:
-            return None
-        parts.append(tensor.data)
+    tensors = [image.tensor for image in images]
+    first = tensors[0]
+    dtype, dims = first.dtype, first.shape
+    if dtype not in DTYPES:
+        return None
+    if len(tensors) > 1 and not all(t.dtype == dtype and t.shape == dims for t in tensors):
+        return None
+    parts = [tensor.data for tensor in tensors]
+    size = len(parts[0])
+    if len(parts) > 1 and not all(len(part) == size for part in parts):
+        return None
     try:
         return decode_raw(
-            b"".join(parts), list(dims), DTYPES[dtype], shape, "images", count=len(images)
+            b"".join(parts), list(dims), DTYPES[dtype], shape, "images", count=len(parts)
         )
     except InvalidInputError:
         return None
