@@ -13,6 +13,7 @@ from PIL import Image
 
 from stn_serve._proto.stn.v1 import stn_pb2
 from stn_serve.errors import InvalidInputError
+from stn_serve.server.images import check_pixels
 from stn_serve.server.stn_service import image_array, request_images
 
 SHAPE = (1, 28, 28)
@@ -96,3 +97,26 @@ def test_a_bad_image_among_good_ones_is_named(name):
     with pytest.raises(InvalidInputError) as error:
         request_images(images, SHAPE)
     assert re.search(message, str(error.value)), str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        (0.0, True),
+        (-0.0, True),  # its sign bit fails the one-pass check; the full check accepts it
+        (1.0, True),
+        (np.nextafter(np.float32(1), np.float32(2)), False),
+        (-1e-30, False),
+        (np.inf, False),
+        (-np.inf, False),
+        (np.nan, False),
+    ],
+)
+def test_pixel_range_check_at_its_edges(value, accepted):
+    image = np.full((1, 4, 4), 0.5, np.float32)
+    image[0, 1, 2] = value
+    if accepted:
+        assert check_pixels(image, "image") is image
+    else:
+        with pytest.raises(InvalidInputError, match="image"):
+            check_pixels(image, "image")

@@ -175,7 +175,11 @@ class ModelRepository:
     def names(self) -> list[str]:
         """Models with a version ready."""
         with self._lock:
-            return sorted(name for name, model in self._models.items() if model.ready())
+            return self._ready_names()
+
+    def _ready_names(self) -> list[str]:
+        """Models with a version ready, sorted; call with the lock held."""
+        return sorted(name for name, model in self._models.items() if model.ready())
 
     def versions(self, name: str) -> list[int]:
         """Ready versions of `name`, ascending."""
@@ -230,15 +234,18 @@ class ModelRepository:
     # Internals ----------------------------------------------------------------------------------
 
     def _pick(self, name: str, version: int) -> VersionRecord:
-        """The ready record for (name, version); call with the lock held."""
-        ready_names = sorted(n for n, m in self._models.items() if m.ready())
+        """The ready record for (name, version); call with the lock held. (Runs for every
+        request: the list of ready models is made only where it is needed.)"""
         if not name:
+            ready_names = self._ready_names()
             if len(ready_names) != 1:
                 raise NotFoundError(f"name a model: the server holds {ready_names}")
             name = ready_names[0]
         model = self._models.get(name)
         if model is None or not model.versions:
-            raise NotFoundError(f"unknown model {name[:_SHOWN]!r}; loaded models: {ready_names}")
+            raise NotFoundError(
+                f"unknown model {name[:_SHOWN]!r}; loaded models: {self._ready_names()}"
+            )
         ready = model.ready()
         if version in ready or (version == 0 and ready):
             return ready[version or max(ready)]

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from stn_serve._proto.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
-from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
+from stn_serve._proto.stn.v1 import stn_pb2
 from stn_serve.contract.auth import read_token
 from stn_serve.errors import InvalidInputError, NotFoundError
 from stn_serve.imaging import MIB
@@ -41,7 +41,7 @@ from stn_serve.server.repository_service import RepositoryService
 from stn_serve.server.request_path import RequestPath
 from stn_serve.server.security import TokenAuthInterceptor, server_credentials
 from stn_serve.server.statistics import InferenceStatistics
-from stn_serve.server.stn_service import StnServicer
+from stn_serve.server.stn_service import StnServicer, add_stn_service
 from stn_serve.server.streams import StreamLimits
 
 log = logging.getLogger(__name__)
@@ -269,9 +269,7 @@ def _add_services(grpc_server, parts: _Parts, repository_service, options: Serve
     """Register stn.v1, the Open Inference Protocol, health and (unless turned off) reflection."""
     path, metrics, lifecycle = parts.path, parts.metrics, parts.lifecycle
     limits = StreamLimits(options.stream_idle_timeout_s, lifecycle.draining)
-    stn_pb2_grpc.add_StnServiceServicer_to_server(
-        StnServicer(path, metrics, options.max_images_per_request, limits), grpc_server
-    )
+    add_stn_service(StnServicer(path, metrics, options.max_images_per_request, limits), grpc_server)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(
             path, metrics, options.max_images_per_request, limits, lifecycle, repository_service

@@ -1,19 +1,20 @@
 """Dynamic batching: concurrent requests for one model version are merged into one ONNX Runtime run.
 
-Each model version has a `Batcher`: a queue on the server's event loop, a task that gathers
-batches from it, and `instances` threads, each running one batch at a time (ONNX Runtime
-sessions take concurrent runs and release the GIL); a finished run hands its outputs back to the
-loop in one call. The gathering task takes the oldest request, then lets later ones join until
-the batch holds `max_batch_size` images or the oldest has waited `max_queue_delay_us`. Requests
-arrive already validated and decoded, so one bad request cannot fail a batch; it knows nothing
-of gRPC.
+Each model version has a `Batcher`: a queue on the server's event loop, a dispatching callback
+the loop calls when something may start, and `instances` threads, each running one batch at a
+time (ONNX Runtime sessions take concurrent runs and release the GIL); a finished run hands its
+outputs back to the loop in one call. A batch takes the oldest requests, up to `max_batch_size`
+images. Requests arrive already validated and decoded, so one bad request cannot fail a batch;
+it knows nothing of gRPC.
 
-A batch waits only while another request for the model is being decoded (it will join within
-moments); with none on the way it runs at once, so a lone request never pays the queue delay.
-While a run is in progress, another instance starts only for a full batch: smaller ones wait to
-go together in the next run, since every run costs two hand-offs between threads and a larger
-batch costs less per image. A request whose caller was cancelled, or whose deadline passed while
-it waited, is not run.
+A batch that is not full waits a couple of turns of the event loop (`JOIN_TURNS`): requests the
+loop has already received join it, which costs microseconds rather than a timer's wait. Beyond
+that it waits only while another request for the model is being decoded (it will join within
+moments), up to `max_queue_delay_us` after its oldest request arrived; with none on the way it
+runs at once, so a lone request never pays the queue delay. While a run is in progress, another
+instance starts only for a full batch: smaller ones wait to go together in the next run, since
+every run costs two hand-offs between threads and a larger batch costs less per image. A request
+whose caller was cancelled, or whose deadline passed while it waited, is not run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,12 +34,24 @@ from stn_serve.errors import DeadlineExceededError, NotReadyError
 from stn_serve.runtime import Batching, OnnxModel
 
 
-@dataclass
 class Pending:
-    images: np.ndarray  # float32[n, C, H, W]
-    deadline: float | None  # time.monotonic() after which the request is not run
-    future: asyncio.Future
-    enqueued: float = field(default_factory=time.monotonic)
+    """One queued request: its images (float32[n, C, H, W]), its deadline (`time.monotonic()`
+    after which it is not run; None for none) and the future its outputs go to."""
+
+    __slots__ = ("count", "deadline", "enqueued", "future", "images")
+
+    def __init__(self, images: np.ndarray, deadline: float | None, future: asyncio.Future):
+        self.images = images
+        self.count = len(images)
+        self.deadline = deadline
+        self.future = future
+        self.enqueued = time.monotonic()
+
+
+#: Loop turns a batch that is not full waits for before it starts: requests the event loop is
+#: bringing in (already received, their handlers scheduled) join it instead of the next run.
+#: Each turn costs microseconds; a lone request pays them, never the queue delay.
+JOIN_TURNS = 2
 
 
 class Batcher:
@@ -66,10 +78,13 @@ class Batcher:
         self._depth = metrics.queue_depth.labels(**labels)
         self._queue: collections.deque[Pending] = collections.deque()
         self._queued_images = 0
-        self._changed = asyncio.Event()  # the gathering task may have something to do
         self._free = instances  # runs that may start now
         self._arriving = 0  # requests being decoded for this model, not yet queued
-        self._filling = False  # the gathering task waits for requests being decoded
+        self._scheduled = False  # a call of `_dispatch` waits on the loop
+        self._turns = 0  # loop turns the batch now gathered has waited (see JOIN_TURNS)
+        self._timer: asyncio.TimerHandle | None = None  # flushes a batch waiting for decoding
+        self._closing = False
+        self._idle = asyncio.Event()  # set when a run ends (close waits for every run)
         self._loop = asyncio.get_running_loop()
         # Batches to run: (images, on_done); each instance's thread takes them in turn.
         self._runs: queue.SimpleQueue = queue.SimpleQueue()
@@ -79,18 +94,24 @@ class Batcher:
                 name=f"model-{model.name}-{model.version}-{index}",
                 daemon=True,
             ).start()
-        self._gathering = self._loop.create_task(self._gather())
 
     async def run(self, images: np.ndarray, deadline: float | None = None) -> dict[str, np.ndarray]:
         """This request's outputs ({name: [n, ...]}) from the next batch it fits in. Cancelling
         the caller takes the request out of the queue."""
         pending = Pending(images, deadline, self._loop.create_future())
         self._queue.append(pending)
-        self._queued_images += len(images)
+        self._queued_images += pending.count
+        self._turns = 0  # the loop still brings requests: a batch gathered waits on
         self._depth.set(len(self._queue))
-        if self._filling or self._may_start():
-            self._changed.set()
+        if not self._scheduled and self._free:
+            self._schedule()
         return await pending.future
+
+    def _schedule(self) -> None:
+        """Have `_dispatch` called on the loop's next turn (once, however often asked)."""
+        if not self._scheduled and not self._closing:
+            self._scheduled = True
+            self._loop.call_soon(self._dispatch)
 
     def _may_start(self) -> bool:
         """Whether a run may start now: an instance is free and requests are queued, and either
@@ -109,58 +130,64 @@ class Batcher:
             yield
         finally:
             self._arriving -= 1
-            if self._filling:
-                self._changed.set()
+            self._turns = 0
+            self._schedule()
 
-    async def _wait_for_change(self, timeout: float | None = None) -> None:
-        self._changed.clear()
-        if timeout is None:
-            await self._changed.wait()
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+    def _dispatch(self) -> None:
+        """Start the runs that may start now. A batch that is not full waits while the loop
+        brings requests (until JOIN_TURNS turns pass with none), then, while requests for the
+        model are being decoded; both up to the queue delay after its oldest request arrived."""
+        self._scheduled = False
+        while self._may_start():
+            if self._queued_images < self.max_batch_size:
+                flush_at = self._queue[0].enqueued + self.max_queue_delay_s
+                waiting = time.monotonic() < flush_at
+                if waiting and self._turns < JOIN_TURNS:
+                    self._turns += 1
+                    self._schedule()
+                    return
+                if waiting and self._arriving:
+                    if self._timer is None:
+                        self._timer = self._loop.call_later(
+                            flush_at - time.monotonic(), self._flush
+                        )
+                    return
+            self._turns = 0
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            batch = self._take()
+            if batch:
+                self._start(batch)
 
-    def _join_queued(self, batch: list[Pending], size: int) -> int:
-        """Move the oldest queued requests into `batch` (holding `size` images) while they fit;
-        requests whose callers left are dropped. Returns the batch's new size."""
-        while self._queue:
-            head = self._queue[0]
+    def _flush(self) -> None:
+        """The queue delay of the oldest request passed: its batch goes as it is."""
+        self._timer = None
+        self._schedule()
+
+    def _take(self) -> list[Pending]:
+        """The oldest queued requests that fit in one batch, out of the queue; requests whose
+        callers left are dropped."""
+        batch: list[Pending] = []
+        size = 0
+        waiting = self._queue
+        while waiting:
+            head = waiting[0]
             if not head.future.done():
-                if batch and size + len(head.images) > self.max_batch_size:
+                if batch and size + head.count > self.max_batch_size:
                     break
                 batch.append(head)
-                size += len(head.images)
-            self._queue.popleft()
-            self._queued_images -= len(head.images)
-        self._depth.set(len(self._queue))
-        return size
-
-    async def _gather(self) -> None:
-        while True:
-            while not self._may_start():
-                await self._wait_for_change()
-            batch: list[Pending] = []
-            size = self._join_queued(batch, 0)
-            if not batch:
-                continue  # every queued caller had left
-            flush_at = batch[0].enqueued + self.max_queue_delay_s
-            self._filling = True
-            while size < self.max_batch_size and not self._queue and self._arriving:
-                remaining = flush_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                await self._wait_for_change(remaining)
-                size = self._join_queued(batch, size)
-            self._filling = False
-            self._start(batch)
+                size += head.count
+            waiting.popleft()
+            self._queued_images -= head.count
+        self._depth.set(len(waiting))
+        return batch
 
     def _start(self, batch: list[Pending]) -> None:
         """Hand the live requests of `batch` to an instance's thread as one run."""
         now = time.monotonic()
         live = []
         for pending in batch:
-            if pending.future.done():
-                continue  # the caller left while it waited
             # A request that arrived with no time left has a deadline of exactly its arrival; it
             # must fail, not race the client's own deadline with an answer.
             if pending.deadline is not None and now >= pending.deadline:
@@ -195,9 +222,12 @@ class Batcher:
     def _finished(
         self, live: list[Pending], started: float, images: int, seconds: float, outputs, error
     ) -> None:
-        """On the loop: hand each request its slice of the run's outputs (or its error)."""
+        """On the loop: hand each request its slice of the run's outputs (or its error), and
+        start what waited for the instance."""
         self._free += 1
-        self._changed.set()
+        self._idle.set()
+        if self._queue:
+            self._schedule()
         if error is not None:
             for pending in live:
                 if not pending.future.done():
@@ -212,9 +242,13 @@ class Batcher:
             compute_infer_ns=int(seconds * 1e9),
             queue_ns=[int((started - pending.enqueued) * 1e9) for pending in live],
         )
+        if len(live) == 1:
+            if not live[0].future.done():
+                live[0].future.set_result(outputs)
+            return
         offset = 0
         for pending in live:
-            end = offset + len(pending.images)
+            end = offset + pending.count
             if not pending.future.done():
                 pending.future.set_result(
                     {name: value[offset:end] for name, value in outputs.items()}
@@ -225,17 +259,21 @@ class Batcher:
         """Stop gathering, wait for the runs in progress and stop the threads. The server has
         stopped taking requests for the model by now (it stopped, or the version was drained);
         a request still queued, one that outlived the drain's timeout, is refused."""
-        self._gathering.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._gathering
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(
                     NotReadyError(f"model {self.model.name} version {self.model.version} unloaded")
                 )
         self._queue.clear()
+        self._queued_images = 0
+        self._depth.set(0)
         while self._free < self.instances:
-            await self._wait_for_change()
+            self._idle.clear()
+            await self._idle.wait()
         for _ in range(self.instances):
             self._runs.put(None)
 

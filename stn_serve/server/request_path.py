@@ -49,11 +49,14 @@ class RequestPath:
         self.dispatcher = dispatcher
         self.decoder = decoder
         self.statistics = statistics  # the Open Inference Protocol's per-version statistics
+        # Names of models served so far: known good, so not matched against the pattern again.
+        # Bounded by the models the repository held, whatever clients send.
+        self._served_names: set[str] = set()
 
     def _named(self, name: str) -> str:
         """`name` if a model may have it; a name no model can have is refused without being
         echoed in full."""
-        if name and not NAME_PATTERN.fullmatch(name):
+        if name and name not in self._served_names and not NAME_PATTERN.fullmatch(name):
             raise NotFoundError(
                 f"unknown model {clip(name)}; loaded models: {self.repository.names()}"
             )
@@ -68,6 +71,7 @@ class RequestPath:
         name, version = codec.target(request)
         with self.repository.acquire(self._named(name), version) as model:
             call.model = model.name
+            self._served_names.add(model.name)
             with self.statistics.request(model):
                 settings = codec.settings(request, model)
                 outputs = await self._outputs(codec, request, model, call)

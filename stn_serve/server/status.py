@@ -66,22 +66,28 @@ def counted(metrics, method: str, call: Call):
     cannot grow the label set."""
     try:
         yield call
-    except asyncio.CancelledError:
+    except BaseException as error:
+        _failed(method, call, error)
+        raise
+    finally:
+        metrics.answered(method, call.model, call.code.name, time.perf_counter() - call.start)
+
+
+def _failed(method: str, call: Call, error: BaseException) -> None:
+    """Record in `call` the status an error (or the RPC's cancellation) ends it with, and log
+    it; errors that are not exceptions (KeyboardInterrupt...) are left as they are."""
+    if isinstance(error, asyncio.CancelledError):
         # The client cancelled, or the deadline passed: gRPC cancels the handler either way.
         late = call.deadline is not None and time.monotonic() >= call.deadline
         call.code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
         call.message = "deadline passed" if late else "the client cancelled the request"
         log.info("request ended by the client", extra=_fields(method, call))
-        raise
-    except Exception as error:
+    elif isinstance(error, Exception):
         call.code, call.message = grpc_status_of(error)
         if call.code == grpc.StatusCode.INTERNAL:
             log.exception("unexpected error", extra={"method": method, "model": call.model})
         else:
             log.info("request refused", extra=_fields(method, call))
-        raise
-    finally:
-        metrics.answered(method, call.model, call.code.name, time.perf_counter() - call.start)
 
 
 def _fields(method: str, call: Call) -> dict:
@@ -90,10 +96,16 @@ def _fields(method: str, call: Call) -> dict:
 
 async def answered(context, metrics, method: str, work: Callable[[Call], Awaitable], call=None):
     """Answer one RPC (or one message of a stream) with `await work(call)` under `counted`,
-    aborting it with the mapped status on error."""
+    aborting it with the mapped status on error. (`counted` written out: this runs for every
+    request, and a generator-based context manager costs more than the rest of it.)"""
     call = call or Call(deadline_of(context))
     try:
-        with counted(metrics, method, call):
-            return await work(call)
-    except Exception:  # noqa: BLE001 - every error becomes the RPC's status
+        answer = await work(call)
+    except BaseException as error:
+        _failed(method, call, error)
+        metrics.answered(method, call.model, call.code.name, time.perf_counter() - call.start)
+        if not isinstance(error, Exception):
+            raise
         await context.abort(call.code, call.message)
+    metrics.answered(method, call.model, call.code.name, time.perf_counter() - call.start)
+    return answer

@@ -4,7 +4,9 @@ path (`stn_serve.server.request_path`) does the rest."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 
+import grpc
 import numpy as np
 
 from stn_serve._proto.stn.v1 import stn_pb2, stn_pb2_grpc
@@ -13,6 +15,7 @@ from stn_serve.errors import InvalidInputError, NotFoundError, NotReadyError
 from stn_serve.imaging import DecodeControl, decode_encoded, encode_png
 from stn_serve.runtime import State
 from stn_serve.server.images import check_count, decode_raw
+from stn_serve.server.predict_wire import ResponseLayout, response_bytes
 from stn_serve.server.status import Call, answered, deadline_of
 from stn_serve.server.streams import answer_stream
 
@@ -47,21 +50,22 @@ def _same_raw_tensors(images, shape: tuple[int, int, int]) -> np.ndarray | None:
     dtype, shape and byte count: one copy and one check for the whole request instead of one per
     image. None when any differs or the whole fails a check; the per-image path then names the
     image at fault."""
-    first = images[0]
-    if first.WhichOneof("source") != "tensor" or first.tensor.dtype not in DTYPES:
+    if not all(image.HasField("tensor") for image in images):
         return None
-    dtype, dims, size = first.tensor.dtype, first.tensor.shape, len(first.tensor.data)
-    parts = []
-    for image in images:
-        if image.WhichOneof("source") != "tensor":
-            return None
-        tensor = image.tensor
-        if tensor.dtype != dtype or tensor.shape != dims or len(tensor.data) != size:
-            return None
-        parts.append(tensor.data)
+    tensors = [image.tensor for image in images]
+    first = tensors[0]
+    dtype, dims = first.dtype, first.shape
+    if dtype not in DTYPES:
+        return None
+    if len(tensors) > 1 and not all(t.dtype == dtype and t.shape == dims for t in tensors):
+        return None
+    parts = [tensor.data for tensor in tensors]
+    size = len(parts[0])
+    if len(parts) > 1 and not all(len(part) == size for part in parts):
+        return None
     try:
         return decode_raw(
-            b"".join(parts), list(dims), DTYPES[dtype], shape, "images", count=len(images)
+            b"".join(parts), list(dims), DTYPES[dtype], shape, "images", count=len(parts)
         )
     except InvalidInputError:
         return None
@@ -132,37 +136,58 @@ def list_models(repository) -> stn_pb2.ListModelsResponse:
     return stn_pb2.ListModelsResponse(models=found)
 
 
-def response_for(
-    request, model, top_k: int, outputs: dict[str, np.ndarray]
-) -> stn_pb2.PredictResponse:
+def response_for(request, model, top_k: int, outputs: dict[str, np.ndarray], layout=None) -> bytes:
     """The batch's outputs ({probabilities [N, K], crop [N, C, h, w], theta [N, P]}) as a
-    PredictResponse. Sorting and the conversions to Python numbers and bytes happen once for the
-    whole request; per image only the fields are set (the cheapest way to fill upb messages)."""
-    probabilities, crops, thetas = outputs["probabilities"], outputs["crop"], outputs["theta"]
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-    top_probabilities = probabilities[np.arange(len(order))[:, None], order].tolist()
-    labels = model.spec.labels
-    crop_shape = crops.shape[1:]
-    crop_bytes = np.ascontiguousarray(crops, "<f4").tobytes()
-    crop_size = len(crop_bytes) // max(len(crops), 1)
-    response = stn_pb2.PredictResponse(
-        model=model.name, version=model.version, request_id=request.request_id
-    )
-    for i, (indices, scores, theta) in enumerate(
-        zip(order.tolist(), top_probabilities, thetas.tolist())
-    ):
-        prediction = response.predictions.add()
-        for index, probability in zip(indices, scores):
-            score = prediction.top_k.add()
-            score.index, score.label, score.probability = index, labels[index], probability
-        crop = prediction.crop
-        crop.shape.extend(crop_shape)
-        crop.dtype = stn_pb2.DATA_TYPE_FLOAT32
-        crop.data = crop_bytes[i * crop_size : (i + 1) * crop_size]
-        prediction.theta.extend(theta)
-        if request.crop_png:
-            prediction.crop_png = encode_png(crops[i])
-    return response
+    serialised PredictResponse (`predict_wire`; `layout` is the model's, made here if None).
+    Sorting and the conversions happen once for the whole request, none per field."""
+    probabilities, crops = outputs["probabilities"], outputs["crop"]
+    if top_k == 1:  # the usual case: no sort
+        order = probabilities.argmax(axis=1)[:, None]
+        top = probabilities.max(axis=1, keepdims=True)
+    else:
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        top = probabilities[np.arange(len(order))[:, None], order]
+    pngs = [encode_png(crop) for crop in crops] if request.crop_png else None
+    if layout is None or layout.crop_shape != crops.shape[1:]:
+        layout = ResponseLayout(model.spec.labels, crops.shape[1:], model.spec.num_params)
+    predictions = layout.predictions(order, top, crops, outputs["theta"], pngs)
+    return response_bytes(model.name, model.version, request.request_id, predictions)
+
+
+def serialized(response) -> bytes:
+    """A response for gRPC: bytes as they are (`response_for` writes them), a message
+    serialised."""
+    return response if type(response) is bytes else response.SerializeToString()
+
+
+def add_stn_service(servicer: StnServicer, server) -> None:
+    """Register `servicer` on `server` as the generated `add_StnServiceServicer_to_server`
+    does, with Predict's and PredictStream's answers passed through `serialized`."""
+    handlers = {
+        "Predict": grpc.unary_unary_rpc_method_handler(
+            servicer.Predict,
+            request_deserializer=stn_pb2.PredictRequest.FromString,
+            response_serializer=serialized,
+        ),
+        "PredictStream": grpc.stream_stream_rpc_method_handler(
+            servicer.PredictStream,
+            request_deserializer=stn_pb2.PredictRequest.FromString,
+            response_serializer=serialized,
+        ),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels,
+            request_deserializer=stn_pb2.ListModelsRequest.FromString,
+            response_serializer=stn_pb2.ListModelsResponse.SerializeToString,
+        ),
+        "DescribeModel": grpc.unary_unary_rpc_method_handler(
+            servicer.DescribeModel,
+            request_deserializer=stn_pb2.DescribeModelRequest.FromString,
+            response_serializer=stn_pb2.ModelDescription.SerializeToString,
+        ),
+    }
+    name = stn_pb2.DESCRIPTOR.services_by_name["StnService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 class StnCodec:
@@ -170,6 +195,8 @@ class StnCodec:
 
     def __init__(self, max_images_per_request: int):
         self.max_images = max_images_per_request
+        # Each model version's response layout, made on its first answer; gone with the model.
+        self._layouts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def target(self, request: stn_pb2.PredictRequest) -> tuple[str, int]:
         return request.model, request.version
@@ -193,8 +220,13 @@ class StnCodec:
     def images(self, request, shape, control: DecodeControl) -> np.ndarray:
         return request_images(request.images, shape, control)
 
-    def response(self, request, model, top_k: int, outputs) -> stn_pb2.PredictResponse:
-        return response_for(request, model, top_k, outputs)
+    def response(self, request, model, top_k: int, outputs) -> bytes:
+        layout = self._layouts.get(model)
+        if layout is None:
+            spec = model.spec
+            layout = ResponseLayout(spec.labels, spec.crop_shape, spec.num_params)
+            self._layouts[model] = layout
+        return response_for(request, model, top_k, outputs, layout)
 
 
 class StnServicer(stn_pb2_grpc.StnServiceServicer):
