@@ -66,6 +66,11 @@ class DistortedDataset(Dataset):
         """(C, H', W') of every item."""
         return tuple(self.images.shape[1:])
 
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """(H, W) of the images before distortion."""
+        return tuple(self.split.images.shape[-2:])
+
     def __len__(self) -> int:
         return self.labels.shape[0]
 

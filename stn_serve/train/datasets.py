@@ -39,7 +39,7 @@ class RunData:
     @property
     def source_size(self) -> tuple[int, int]:
         """(H, W) of the undistorted images."""
-        return tuple(self.test.split.images.shape[-2:])
+        return self.test.source_size
 
 
 def _subset(split: Split, index) -> Split:

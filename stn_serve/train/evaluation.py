@@ -78,7 +78,6 @@ def evaluate_checkpoint(
     model = checkpoint.build_model().to(context.device)
     batch = max(config.batch_size, MIN_EVAL_BATCH)
     figures = evaluate(model, test.images, test.labels, batch, context)
-    source_size = tuple(test.split.images.shape[-2:])
     return {
         "checkpoint": str(checkpoint.path),
         "data": config.data,
@@ -86,5 +85,5 @@ def evaluate_checkpoint(
         "test_count": len(test),
         "test_accuracy": figures["accuracy"],
         "test_loss": figures["loss"],
-        "pose_spread": canonical_spread(model, test.images, test.poses, source_size, batch),
+        "pose_spread": canonical_spread(model, test.images, test.poses, test.source_size, batch),
     }

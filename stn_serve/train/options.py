@@ -261,8 +261,9 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     values = {name: value for name, value in vars(args).items() if name in fields}
     values.update(overrides)
-    preset = resolve_preset(values.get("preset", AUTO), values.get("data", DEFAULTS.data))
-    for name, value in preset_values(preset, values.get("data", DEFAULTS.data)).items():
+    data = values.get("data", DEFAULTS.data)
+    preset = resolve_preset(values.get("preset", AUTO), data)
+    for name, value in preset_values(preset, data).items():
         if values.get(name) is None:
             values[name] = value
     # Still None: left to TrainConfig's default.
